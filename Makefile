@@ -1,0 +1,48 @@
+# codemill: `make run` sets up and runs the whole chain on the CPU profile; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Stages are run by DVC as `python -m components.<stage>`: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+# Telemetry off (see docs/operations.md); nothing here needs the network at run time.
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup run test lint format bench clean-state
+
+setup: $(STAMP)
+
+# torch first: pinned to the CPU wheel resolvable here; then the project with the full pin set.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/codemill run
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python bench/data_throughput.py
+
+# Forget pipeline outputs and tracking state (not the DVC cache): the next `make run` starts over.
+clean-state:
+	rm -rf data reports/*.json reports/data_docs mlflow.db mlartifacts .codemill
