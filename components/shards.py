@@ -51,7 +51,9 @@ def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
-def filesystem(path: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    path: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``path`` (local or ``s3://``) and the path within it."""
     fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
     return fs, fs_path

@@ -103,8 +103,7 @@ def dvc_md5(path: str) -> str:
         return _md5_file(root, fs)
     root = root.rstrip("/")
     entries = [
-        {"md5": _md5_file(file, fs), "relpath": file[len(root) + 1 :]}
-        for file in sorted(fs.find(root))
+        {"md5": _md5_file(file, fs), "relpath": file[len(root) + 1 :]} for file in sorted(fs.find(root))
     ]
     entries.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
@@ -143,7 +142,9 @@ def parent_run_id(experiment_id: str) -> str:
     run = client.create_run(experiment_id, tags=tags, run_name="pipeline")
     client.set_terminated(run.info.run_id)
     SESSION_FILE.parent.mkdir(parents=True, exist_ok=True)
-    SESSION_FILE.write_text(json.dumps({"key": key, "experiment_id": experiment_id, "run_id": run.info.run_id}))
+    SESSION_FILE.write_text(
+        json.dumps({"key": key, "experiment_id": experiment_id, "run_id": run.info.run_id})
+    )
     return run.info.run_id
 
 
@@ -157,11 +158,13 @@ def stage_params(params: Params, stage: str) -> dict[str, Any]:
 
 def _log_dataset(path: str, context: str, digest: str) -> None:
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    uri = path if "://" in path else str(Path(path).resolve())
-    dataset = MetaDataset(resolve_dataset_source(uri), name=path, digest=digest[:36])
+    uri = path if "://" in path else Path(path).resolve().as_uri()
+    # MLflow registers the local source twice; pick the first candidate explicitly to avoid a warning.
+    candidates = [s for s in get_registered_sources() if s._can_resolve(uri)][:1] or None
+    dataset = MetaDataset(resolve_dataset_source(uri, candidates), name=path, digest=digest[:36])
     mlflow.log_input(dataset, context=context)
 
 
@@ -172,7 +175,10 @@ def stage_run(stage: str, params: Params) -> Iterator[str]:
 
     experiment_id = configure(params)
     parent = parent_run_id(experiment_id)
-    with mlflow.start_run(run_id=parent), mlflow.start_run(run_name=stage, nested=True, tags=run_tags(stage)) as run:
+    with (
+        mlflow.start_run(run_id=parent),
+        mlflow.start_run(run_name=stage, nested=True, tags=run_tags(stage)) as run,
+    ):
         mlflow.log_params(stage_params(params, stage))
         yield run.info.run_id
 

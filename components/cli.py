@@ -1,0 +1,104 @@
+"""The ``codemill`` command: run the pipeline, run one stage, check params, print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+
+from components.config import DEFAULT_PARAMS, ParamsError, load_params
+
+#: Telemetry off by default (see docs/operations.md); the user's environment wins.
+QUIET_ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from components.stage import stage_main
+
+    try:
+        module = importlib.import_module(f"components.{args.name}")
+    except ModuleNotFoundError:
+        print(f"codemill stage: unknown stage {args.name!r}", file=sys.stderr)
+        return 2
+    return stage_main(args.name, module.run, args.stage_args)
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    import yaml
+
+    try:
+        params = load_params(args.params, overlays=args.overlay)
+    except ParamsError as exc:
+        print(f"codemill params: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from components.summary import format_summary, load_reports, where_results_are
+    from components.tracking import tracking_uri
+
+    print(format_summary(load_reports()))
+    print()
+    print(where_results_are(tracking_uri(load_params(args.params))))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        load_params(args.params)  # fail before any work on a bad params.yaml
+    except ParamsError as exc:
+        print(f"codemill run: {exc}", file=sys.stderr)
+        return 2
+    result = subprocess.run(["dvc", "repro", *args.dvc_args], check=False)
+    if result.returncode != 0:
+        print(f"codemill run: `dvc repro` failed with exit code {result.returncode}", file=sys.stderr)
+        return result.returncode
+    return _cmd_summary(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``codemill`` command."""
+    parser = argparse.ArgumentParser(prog="codemill", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline (dvc repro) and print the summary")
+    run.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc repro`")
+    run.set_defaults(func=_cmd_run)
+
+    stage = commands.add_parser("stage", help="run one stage (what dvc.yaml calls)")
+    stage.add_argument("name", help="stage name, e.g. dedup")
+    stage.add_argument("stage_args", nargs=argparse.REMAINDER, help="--input/--output/--report/--params")
+    stage.set_defaults(func=_cmd_stage)
+
+    check = commands.add_parser("params", help="validate params (+ overlays) and print the result")
+    check.add_argument(
+        "--overlay", action="append", default=[], help="overlay file, e.g. infra/profiles/h100.yaml"
+    )
+    check.set_defaults(func=_cmd_params)
+
+    summary = commands.add_parser("summary", help="print the summary of the last run")
+    summary.set_defaults(func=_cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``codemill`` console script."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

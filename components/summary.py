@@ -1,0 +1,72 @@
+"""The end-of-run summary: per stage files and bytes in/out, drops per rule, and where results are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.report import read_report
+
+
+def pipeline_stages(dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """Stage names in the order ``dvc.yaml`` defines them (a topological order of the DAG)."""
+    return list(yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8"))["stages"])
+
+
+def load_reports(
+    reports_dir: str | Path = "reports", dvc_file: str | Path = "dvc.yaml"
+) -> dict[str, dict[str, Any]]:
+    """The reports that exist, keyed by stage, in pipeline order."""
+    reports = {}
+    for stage in pipeline_stages(dvc_file):
+        path = Path(reports_dir) / f"{stage}.json"
+        if path.exists():
+            reports[stage] = read_report(path)
+    return reports
+
+
+def _mb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:,.1f}"
+
+
+def format_summary(reports: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of the stage reports plus the drops of each stage."""
+    header = (
+        f"{'stage':<10} {'files in':>9} {'files out':>9} {'MB in':>8} {'MB out':>8} {'sec':>7} {'MB/s':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for stage, report in reports.items():
+        lines.append(
+            f"{stage:<10} {report['files_in']:>9,} {report['files_out']:>9,} {_mb(report['bytes_in']):>8} "
+            f"{_mb(report['bytes_out']):>8} {report['seconds']:>7.1f} {report['mb_per_s']:>7.2f}"
+        )
+    for stage, report in reports.items():
+        drops = report.get("drops") or {}
+        if drops:
+            listed = ", ".join(
+                f"{reason}={n:,}" for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])
+            )
+            lines.append(f"drops[{stage}]: {listed}")
+        metrics = report.get("metrics") or {}
+        if stage == "dedup" and "dedup_ratio" in metrics:
+            lines.append(
+                f"dedup ratio: {metrics['dedup_ratio']:.2%} of files, "
+                f"{metrics.get('dedup_byte_ratio', 0.0):.2%} of bytes removed"
+            )
+    return "\n".join(lines)
+
+
+def where_results_are(tracking_uri: str) -> str:
+    """Closing lines: where the data, reports and MLflow runs are, and how to look at them."""
+    return "\n".join(
+        [
+            "Results:",
+            "  data shards       data/<stage>/part-*.parquet   (versions: dvc.lock, `dvc exp show`)",
+            "  stage reports     reports/<stage>.json          (`dvc metrics show`)",
+            "  data docs (GX)    reports/data_docs/index.html",
+            f"  MLflow runs       {tracking_uri}",
+            f"  MLflow UI         mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
+        ]
+    )
