@@ -1,0 +1,74 @@
+"""Tracking conventions against a real MLflow store and a real DVC repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from components import tracking
+from components.report import StageReport
+from components.stage import StageIO, run_stage
+from tests.conftest import make_params, write_files
+
+
+def test_dvc_md5_matches_what_dvc_records(tmp_path: Path) -> None:
+    write_files(tmp_path, {"out/part-00000.parquet": b"\x00\x01abc", "out/sub/x.txt": "hello\n"})
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "add", "-q", "out"], cwd=tmp_path, check=True)
+    recorded = yaml.safe_load((tmp_path / "out.dvc").read_text())["outs"][0]["md5"]
+    assert tracking.dvc_md5(str(tmp_path / "out")) == recorded
+    assert tracking.dvc_md5(str(tmp_path / "out" / "sub" / "x.txt")) == "b1946ac92492d2347c6235b4d2611184"
+
+
+def _fake_stage(params, io: StageIO) -> StageReport:
+    out = Path(io.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "part-00000.parquet").write_bytes(b"data")
+    report = StageReport("dedup", files_in=3, files_out=2, bytes_in=30, bytes_out=20)
+    report.count_drop("exact_duplicate")
+    return report
+
+
+@pytest.mark.usefixtures("mlflow_uri")
+def test_stage_runs_nest_under_one_parent_with_tags_params_and_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = make_params(dedup={"level": "exact"})
+    write_files(tmp_path, {"in/part-00000.parquet": b"in"})
+    for _ in range(2):
+        run_stage("dedup", _fake_stage, params, StageIO(["in"], "out"), "reports/dedup.json")
+
+    runs = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == "pipeline"]
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "dedup"]
+    assert len(parents) == 1 and len(children) == 2
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert child.data.params["dedup.level"] == "exact"
+    assert child.data.metrics["drops.exact_duplicate"] == 1
+    assert child.data.tags[f"{tracking.TAG_OUT_MD5}.out"] == tracking.dvc_md5("out")
+    assert tracking.TAG_GIT_COMMIT in child.data.tags
+    contexts = {d.tags[0].value for d in child.inputs.dataset_inputs}
+    assert contexts == {"input", "output"}
+
+
+@pytest.mark.usefixtures("mlflow_uri")
+def test_parent_run_from_environment_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    experiment_id = tracking.configure(params)
+    parent = mlflow.MlflowClient().create_run(experiment_id).info.run_id
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent)
+    run_stage("dedup", _fake_stage, params, StageIO([], "out"), "reports/dedup.json")
+    (child,) = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="tags.`codemill.stage` = 'dedup'", output_format="list"
+    )
+    assert child.data.tags["mlflow.parentRunId"] == parent
