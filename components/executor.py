@@ -9,9 +9,10 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from components.config import ExecutorConfig
+if TYPE_CHECKING:  # only a type: importing components.config here would create an import cycle
+    from components.config import ExecutorConfig
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

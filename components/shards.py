@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -121,7 +122,13 @@ def atomic_output_dir(directory: str) -> Iterator[str]:
         raise
     if fs.exists(final):
         fs.rm(final, recursive=True)
-    fs.mv(tmp, final, recursive=True)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        os.replace(tmp, final)
+    else:  # object stores have no directory rename: move file by file
+        for source in fs.find(tmp):
+            fs.mv(source, final + source[len(tmp) :])
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(tmp, recursive=True)
 
 
 def iter_tables(directory: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
