@@ -1,0 +1,85 @@
+"""Parameters of the ingest stage (``ingest:`` in params.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.strict_model import StrictModel
+
+#: Our document columns a ``files`` source can map from its own columns.
+MAPPABLE_COLUMNS = ("content", "repo", "path", "lang", "stars", "license")
+
+SourceKind = Literal["python-stdlib", "site-packages", "local", "files"]
+
+
+class SourceConfig(StrictModel):
+    """One corpus source; ``kind`` picks the reader.
+
+    - ``python-stdlib``: the running interpreter's standard library, one repo per top-level module.
+    - ``site-packages``: the installed distributions, one repo each.
+    - ``local``: directories (``paths``); each subdirectory is a repo, or the directory itself when it
+      is a git work tree.
+    - ``files``: Parquet/JSONL files, globs or saved ``datasets`` directories (``paths``), local or
+      ``s3://``; ``columns`` maps our columns to theirs where the defaults do not find them.
+    """
+
+    kind: SourceKind
+    #: Prefix of the repo names (``<name>/<repo>``). Default: the kind for python-stdlib and
+    #: site-packages, no prefix for local and files (their repo names come from the data).
+    name: str | None = None
+    paths: list[str] = Field(default_factory=list)
+    #: ``files`` only; ``auto`` decides per path (extension, or a saved dataset directory).
+    format: Literal["auto", "parquet", "jsonl", "dataset"] = "auto"
+    #: ``files`` only: our column -> the source's column, e.g. ``{repo: max_stars_repo_name}``.
+    columns: dict[str, str] = Field(default_factory=dict)
+    #: ``files`` only: fsspec options for ``s3://`` paths (default: endpoint and keys from AWS_* env).
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, columns: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(columns) - set(MAPPABLE_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}; mappable: {list(MAPPABLE_COLUMNS)}")
+        return columns
+
+    @model_validator(mode="after")
+    def _options_fit_kind(self) -> SourceConfig:
+        needs_paths = self.kind in ("local", "files")
+        if needs_paths and not self.paths:
+            raise ValueError(f"a {self.kind!r} source needs 'paths'")
+        if not needs_paths and self.paths:
+            raise ValueError(f"a {self.kind!r} source takes no 'paths'")
+        if self.kind != "files" and (self.columns or self.storage_options or self.format != "auto"):
+            raise ValueError("'columns', 'storage_options' and 'format' apply to 'files' sources only")
+        return self
+
+    @property
+    def repo_prefix(self) -> str:
+        """What repo names of this source start with (``""`` for none)."""
+        if self.name is not None:
+            return self.name
+        return self.kind if self.kind in ("python-stdlib", "site-packages") else ""
+
+    def describe(self) -> str:
+        """How errors and reports name this source: kind plus paths."""
+        return f"{self.kind} source" + (f" {', '.join(self.paths)}" if self.paths else "")
+
+
+class IngestConfig(StrictModel):
+    """Which sources to read, which languages to keep, and the caps."""
+
+    sources: list[SourceConfig] = Field(
+        default_factory=lambda: [SourceConfig(kind="python-stdlib")], min_length=1
+    )
+    #: Languages kept (names from components/ingest/languages.py); ``null`` keeps every known language.
+    languages: list[str] | None = Field(["python"], min_length=1)
+    #: Extra or overriding entries: ``.ext: language`` or ``FileName: language``.
+    extensions: dict[str, str] = Field(default_factory=dict)
+    #: Caps on the documents kept, applied in (repo, path) order: the longest prefix that fits.
+    max_files: int | None = Field(None, gt=0)
+    max_bytes: int | None = Field(None, gt=0)
+    #: Files larger than this (UTF-8 bytes) are skipped; local files are not read (stat first).
+    max_file_bytes: int = Field(1_000_000, gt=0)
