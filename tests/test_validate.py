@@ -180,12 +180,15 @@ def test_corruption_fails_naming_the_expectation(
     assert (tmp_path / "data_docs" / "index.html").exists(), "Data Docs are written for a failing run too"
 
 
-def test_duplicates_are_allowed_without_dedup(validate: Callable[..., StageReport]) -> None:
+@pytest.mark.parametrize("level", ["none", "repo"])
+def test_file_duplicates_are_allowed_without_file_level_dedup(
+    validate: Callable[..., StageReport], level: str
+) -> None:
     rows = good_rows()
     rows[4] = document("acme/fork", "tools/mod_0.py", rows[0]["content"])
     with pytest.raises(StageError, match="expect_column_values_to_be_unique"):
         validate(rows)
-    report = validate(rows, dedup={"level": "none"})
+    report = validate(rows, dedup={"level": level})
     assert report.metrics["success"] == 1.0
 
 

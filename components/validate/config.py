@@ -1,7 +1,7 @@
 """Parameters of the validate stage (``validate:`` in params.yaml): the Great Expectations suite.
 
 The suite also reads other sections, so it checks what the earlier stages promised:
-``ingest.languages`` (the language set), ``dedup.level`` (sha256 unique unless ``none``),
+``ingest.languages`` (the language set), ``dedup.level`` (sha256 unique at the exact and file levels),
 ``clean.pii`` (which PII kinds must be gone) and ``clean.decontam`` (which benchmarks must be absent).
 """
 

@@ -5,7 +5,7 @@
 | schema | ``expect_column_to_exist``, ``expect_column_values_to_be_of_type`` (each base column) | always |
 | non-null | ``expect_column_values_to_not_be_null`` (each non-nullable base column) | always |
 | size bounds | ``expect_column_values_to_be_between`` (``size_bytes``, ``validate.*_size_bytes``) | always |
-| unique sha256 | ``expect_column_values_to_be_unique`` (``sha256``) | ``dedup.level`` != ``none`` |
+| unique sha256 | ``expect_column_values_to_be_unique`` (``sha256``) | ``dedup.level`` exact or file |
 | language set | ``expect_column_values_to_be_in_set`` (``lang``, ``ingest.languages``) | always |
 | no residual PII | ``expect_column_values_to_be_in_set`` (``residual_pii``, ``[""]``) | ``clean.pii`` on |
 | no contamination | ``expect_column_values_to_be_between`` (``benchmark_overlap``, 0, 0) | benchmarks set |
@@ -30,6 +30,9 @@ from components.config import Params
 from components.ingest.languages import KNOWN_LANGUAGES
 from components.shards import BASE_SCHEMA
 from components.validate.signals import BENCHMARK_OVERLAP, RESIDUAL_PII, checks_benchmarks, pii_rules
+
+#: dedup levels after which no two files share content (sha256 must be unique).
+FILE_UNIQUE_LEVELS = ("exact", "file")
 
 #: Namespace of the content-derived expectation ids.
 ID_NAMESPACE = uuid.UUID("6f1c1a0e-5d0b-4c53-9a59-3d2f0c6e7a11")
@@ -66,7 +69,9 @@ def content_expectations(params: Params) -> list[Expectation]:
             column="lang", value_set=sorted(languages), description="languages of ingest.languages"
         ),
     ]
-    if params.dedup.level != "none":
+    # Only file-level dedup promises unique files: `none` keeps duplicates, and `repo` (OpenCoder) removes
+    # duplicate repos but keeps copies of a file across different repos.
+    if params.dedup.level in FILE_UNIQUE_LEVELS:
         expectations.append(
             E.ExpectColumnValuesToBeUnique(
                 column="sha256", description=f"no exact duplicates after dedup (level {params.dedup.level})"
