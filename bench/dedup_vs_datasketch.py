@@ -346,7 +346,7 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Build the corpus, run both methods, print the table and update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000, help="standard-library files (originals)")
@@ -358,7 +358,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per method, one permutation seed each")
     parser.add_argument("--no-stage", action="store_true", help="skip timing the whole dedup stage")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     load = os.getloadavg()[0]
     originals, copies = build_corpus(args.files, args.copies, args.ngram, args.seed)
