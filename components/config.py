@@ -23,6 +23,7 @@ from components.curate.config import CurateConfig
 from components.dedup.config import DedupConfig
 from components.ingest.config import IngestConfig
 from components.strict_model import StrictModel
+from components.tokenize.config import TokenizeConfig
 from components.validate.config import ValidateConfig
 
 DEFAULT_PARAMS = "params.yaml"
@@ -75,6 +76,7 @@ class Params(StrictModel):
     dedup: DedupConfig = DedupConfig()
     clean: CleanConfig = CleanConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    tokenize: TokenizeConfig = TokenizeConfig()
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 

@@ -1,0 +1,35 @@
+"""Parameters of the tokenize stage (``tokenize:`` in params.yaml): tokenizer, splits, metadata and FIM."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from components.strict_model import StrictModel
+
+#: 256 byte tokens + 10 special tokens (components/tokenize/tokenizer.py) + room for some merges.
+MIN_VOCAB_SIZE = 300
+
+
+class TokenizeConfig(StrictModel):
+    """Byte-level BPE training, the held-out split by repo, StarCoder metadata and FIM rates.
+
+    ``fim_rate`` and ``fim_spm_rate`` do not change the stage's output: FIM is applied per document and
+    per epoch by the training dataset (:class:`components.tokenize.dataset.TokenDataset`), which reads
+    them from here.
+    """
+
+    #: Size of the BPE vocabulary, special tokens included (uint16 token files up to 65535).
+    vocab_size: int = Field(4096, ge=MIN_VOCAB_SIZE, le=2**31 - 1)
+    #: A pair must occur at least this often in the training split to become a merge.
+    min_frequency: int = Field(2, ge=1)
+    #: Train the tokenizer on at most this many content bytes of the training split (documents taken in
+    #: id order, a hash, so the sample spreads over repos); ``null`` uses the whole training split.
+    train_bytes: int | None = Field(None, gt=0)
+    #: Expected fraction of repos held out for validation (chosen by a hash of the repo name).
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    #: Probability that a training document starts with ``<reponame>REPO<filename>PATH<gh_stars>STARS\n``.
+    metadata_rate: float = Field(0.2, ge=0, le=1)
+    #: Probability that a training document is turned into a fill-in-the-middle example (per epoch).
+    fim_rate: float = Field(0.5, ge=0, le=1)
+    #: Probability that a FIM example uses the SPM order rather than PSM.
+    fim_spm_rate: float = Field(0.5, ge=0, le=1)
