@@ -131,20 +131,22 @@ def parent_run_id(experiment_id: str) -> str:
     from_env = os.environ.get(PARENT_RUN_ENV)
     if from_env:
         return from_env
-    key = _dvc_session_key()
-    if SESSION_FILE.exists():
-        with contextlib.suppress(ValueError, KeyError):
-            session = json.loads(SESSION_FILE.read_text())
-            if session["key"] == key and session["experiment_id"] == experiment_id:
-                return session["run_id"]
     client = mlflow.MlflowClient()
+    session = {
+        "key": _dvc_session_key(),
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "experiment_id": experiment_id,
+    }
+    if SESSION_FILE.exists():
+        with contextlib.suppress(ValueError, KeyError, mlflow.exceptions.MlflowException):
+            recorded = json.loads(SESSION_FILE.read_text())
+            if {key: recorded[key] for key in session} == session:
+                return client.get_run(recorded["run_id"]).info.run_id  # raises if it is gone
     tags = {TAG_KIND: "pipeline", **run_tags()}
     run = client.create_run(experiment_id, tags=tags, run_name="pipeline")
     client.set_terminated(run.info.run_id)
     SESSION_FILE.parent.mkdir(parents=True, exist_ok=True)
-    SESSION_FILE.write_text(
-        json.dumps({"key": key, "experiment_id": experiment_id, "run_id": run.info.run_id})
-    )
+    SESSION_FILE.write_text(json.dumps({**session, "run_id": run.info.run_id}))
     return run.info.run_id
 
 

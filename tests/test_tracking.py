@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,20 @@ def test_parent_run_from_environment_is_used(tmp_path: Path, monkeypatch: pytest
         experiment_ids=[experiment_id], filter_string="tags.`codemill.stage` = 'dedup'", output_format="list"
     )
     assert child.data.tags["mlflow.parentRunId"] == parent
+
+
+def test_parent_session_is_not_reused_across_tracking_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _migrated_mlflow_db: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    parents = []
+    for name in ("a.db", "b.db"):
+        shutil.copy(_migrated_mlflow_db, tmp_path / name)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / name}")
+        run_stage("dedup", _fake_stage, params, StageIO([], "out"), "reports/dedup.json")
+        (child,) = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
+        parent_id = child.data.tags["mlflow.parentRunId"]
+        assert mlflow.MlflowClient().get_run(parent_id).data.tags[tracking.TAG_KIND] == "pipeline"
+        parents.append(parent_id)
+    assert parents[0] != parents[1]
