@@ -85,7 +85,11 @@ def test_parent_session_is_not_reused_across_tracking_stores(
         shutil.copy(_migrated_mlflow_db, tmp_path / name)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / name}")
         run_stage("dedup", _fake_stage, params, StageIO([], "out"), "reports/dedup.json")
-        (child,) = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
+        (child,) = mlflow.search_runs(
+            experiment_names=[params.tracking.experiment],
+            filter_string="tags.`codemill.stage` = 'dedup'",
+            output_format="list",
+        )
         parent_id = child.data.tags["mlflow.parentRunId"]
         assert mlflow.MlflowClient().get_run(parent_id).data.tags[tracking.TAG_KIND] == "pipeline"
         parents.append(parent_id)
