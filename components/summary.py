@@ -43,7 +43,7 @@ def format_summary(reports: dict[str, dict[str, Any]]) -> str:
             f"{_mb(report['bytes_out']):>8} {report['seconds']:>7.1f} {report['mb_per_s']:>7.2f}"
         )
     for stage, report in reports.items():
-        drops = report.get("drops") or {}
+        drops = {reason: n for reason, n in (report.get("drops") or {}).items() if n}
         if drops:
             listed = ", ".join(
                 f"{reason}={n:,}" for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])
