@@ -11,6 +11,20 @@ from typing import Any
 
 
 @dataclass
+class ShardCounts:
+    """Documents and bytes in/out, and drops by reason, of one unit of work (a shard, a source).
+
+    Per-shard results extend it with their own fields; :meth:`StageReport.add_counts` sums them.
+    """
+
+    files_in: int = 0
+    files_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
 class StageReport:
     """Counts in/out, drops per reason, time and throughput of one stage run.
 
@@ -36,6 +50,14 @@ class StageReport:
         """Add a mapping of reason -> count to the drops."""
         for reason, n in counts.items():
             self.count_drop(reason, n)
+
+    def add_counts(self, counts: ShardCounts) -> None:
+        """Add one unit's files, bytes and drops to the report's totals."""
+        self.files_in += counts.files_in
+        self.files_out += counts.files_out
+        self.bytes_in += counts.bytes_in
+        self.bytes_out += counts.bytes_out
+        self.merge_drops(counts.drops)
 
     @property
     def mb_per_s(self) -> float:

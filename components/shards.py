@@ -52,6 +52,23 @@ def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
+def make_document(
+    repo: str, path: str, lang: str, content: str, license: str | None = None, stars: int | None = None
+) -> dict[str, Any]:
+    """One BASE_SCHEMA row; ``id`` depends only on (repo, path), so it is stable across runs."""
+    return {
+        "id": document_id(repo, path),
+        "repo": repo,
+        "path": path,
+        "lang": lang,
+        "content": content,
+        "size_bytes": len(content.encode("utf-8")),
+        "sha256": content_sha256(content),
+        "license": license,
+        "stars": stars,
+    }
+
+
 def filesystem(
     path: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:

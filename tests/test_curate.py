@@ -16,7 +16,7 @@ from components.curate import run
 from components.curate.config import CurateConfig, Thresholds
 from components.curate.rules import DROP_REASONS, RULES, Curator
 from components.curate.signals import SIGNAL_SCHEMA
-from components.shards import BASE_SCHEMA, content_sha256, document_id, read_shard, write_shard
+from components.shards import BASE_SCHEMA, make_document, read_shard, write_shard
 from components.stage import StageIO
 from tests.conftest import PROJECT_ROOT, make_params
 
@@ -251,17 +251,7 @@ def test_merged_bounds_error_names_the_language(tmp_path: Path) -> None:
 
 def doc(path: str, content: str, lang: str = "python", repo: str = "acme/tools") -> dict[str, Any]:
     """One row of BASE_SCHEMA."""
-    return {
-        "id": document_id(repo, path),
-        "repo": repo,
-        "path": path,
-        "lang": lang,
-        "content": content,
-        "size_bytes": len(content.encode()),
-        "sha256": content_sha256(content),
-        "license": "MIT",
-        "stars": 3,
-    }
+    return make_document(repo, path, lang, content, license="MIT", stars=3)
 
 
 def write_input(root: Path, shards: list[list[dict[str, Any]]]) -> Path:

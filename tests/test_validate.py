@@ -14,7 +14,7 @@ import pytest
 from components.config import Params, ParamsError
 from components.errors import StageError
 from components.report import StageReport, read_report
-from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
+from components.shards import BASE_SCHEMA, content_sha256, make_document, write_shard
 from components.stage import StageIO, run_stage
 from components.validate import run
 from components.validate.suite import build_suite
@@ -25,17 +25,7 @@ Row = dict[str, Any]
 
 def document(repo: str, path: str, content: str, lang: str = "python") -> Row:
     """One row of the base schema."""
-    return {
-        "id": document_id(repo, path),
-        "repo": repo,
-        "path": path,
-        "lang": lang,
-        "content": content,
-        "size_bytes": len(content.encode("utf-8")),
-        "sha256": content_sha256(content),
-        "license": "mit",
-        "stars": None,
-    }
+    return make_document(repo, path, lang, content, license="mit")
 
 
 def good_rows() -> list[Row]:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from components.clean import decontam, pii
 from components.clean.config import CleanConfig
 from components.errors import StageError
-from components.report import StageReport
+from components.report import ShardCounts, StageReport
 from components.shards import (
     atomic_output_dir,
     content_sha256,
@@ -51,14 +51,9 @@ class ShardTask:
 
 
 @dataclass
-class ShardResult:
+class ShardResult(ShardCounts):
     """What cleaning one shard did (summed over shards into the report)."""
 
-    files_in: int = 0
-    files_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    drops: Counter[str] = field(default_factory=Counter)
     pii_rules: Counter[str] = field(default_factory=Counter)
     pii_docs: int = 0
     dropped: list[dict[str, Any]] = field(default_factory=list)
@@ -149,11 +144,7 @@ def _fill_report(report: StageReport, results: list[ShardResult], config: CleanC
     report.merge_drops(dict.fromkeys(decontam.DROP_REASONS, 0))
     dropped: list[dict[str, Any]] = []
     for result in results:
-        report.files_in += result.files_in
-        report.files_out += result.files_out
-        report.bytes_in += result.bytes_in
-        report.bytes_out += result.bytes_out
-        report.merge_drops(result.drops)
+        report.add_counts(result)
         rule_counts += result.pii_rules
         dropped += result.dropped
     by_kind = pii.counts_by_kind(rule_counts)

@@ -39,7 +39,7 @@ from components.curate.rules import DROP_REASONS, Curator
 from components.curate.signals import SIGNAL_SCHEMA, Signals
 from components.errors import StageError
 from components.executor import map_shards
-from components.report import StageReport
+from components.report import ShardCounts, StageReport
 from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes, write_shard
 
 if TYPE_CHECKING:  # components.config imports components.curate.config: no runtime import back
@@ -59,15 +59,10 @@ class ShardTask:
 
 
 @dataclass
-class ShardResult:
+class ShardResult(ShardCounts):
     """Counts of one curated shard."""
 
-    files_in: int = 0
-    files_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
     quality_sum: float = 0.0
-    drops: Counter[str] = field(default_factory=Counter)
     #: language -> {"kept": n, "dropped": n}
     languages: dict[str, Counter[str]] = field(default_factory=dict)
 
@@ -130,11 +125,7 @@ def run(params: Params, io: StageIO) -> StageReport:
     languages: dict[str, Counter[str]] = {}
     quality_sum = 0.0
     for result in results:
-        report.files_in += result.files_in
-        report.files_out += result.files_out
-        report.bytes_in += result.bytes_in
-        report.bytes_out += result.bytes_out
-        report.merge_drops(result.drops)
+        report.add_counts(result)
         quality_sum += result.quality_sum
         for lang, counts in result.languages.items():
             languages.setdefault(lang, Counter(kept=0, dropped=0)).update(counts)

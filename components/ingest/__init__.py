@@ -11,14 +11,14 @@ between reading and writing, which suits corpora of up to a few GB.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.errors import StageError
 from components.ingest.languages import language_table
 from components.ingest.readers import FileRules, read_task
 from components.ingest.sources import plan_source
-from components.report import StageReport
+from components.report import ShardCounts, StageReport
 from components.shards import BASE_SCHEMA, ShardWriter, atomic_output_dir
 
 if TYPE_CHECKING:  # components.config imports components.ingest.config: no runtime import back
@@ -31,15 +31,10 @@ CAP_MAX_BYTES = "cap_max_bytes"
 
 
 @dataclass
-class SourceCounts:
+class SourceCounts(ShardCounts):
     """Per-source numbers for the report's details."""
 
-    source: str
-    files_in: int = 0
-    files_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    drops: Counter[str] = field(default_factory=Counter)
+    source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, drops sorted by reason."""
@@ -92,7 +87,7 @@ def run(params: Params, io: StageIO) -> StageReport:
         language_table=language_table(config.extensions),
         languages=frozenset(config.languages) if config.languages is not None else None,
     )
-    counts = [SourceCounts(source.describe()) for source in config.sources]
+    counts = [SourceCounts(source=source.describe()) for source in config.sources]
     tasks = []
     for index, source in enumerate(config.sources):
         plan = plan_source(index, source, rules)
@@ -135,11 +130,7 @@ def run(params: Params, io: StageIO) -> StageReport:
 
     report = StageReport("ingest")
     for source_counts in counts:
-        report.files_in += source_counts.files_in
-        report.files_out += source_counts.files_out
-        report.bytes_in += source_counts.bytes_in
-        report.bytes_out += source_counts.bytes_out
-        report.merge_drops(source_counts.drops)
+        report.add_counts(source_counts)
     repos = len({document["repo"] for _, document in kept})
     report.metrics = {"repos": repos, "shards": shard_count}
     report.details = {

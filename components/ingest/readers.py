@@ -20,7 +20,7 @@ from typing import Any
 
 from components.errors import StageError
 from components.ingest.languages import language_of, normalize_language
-from components.shards import content_sha256, document_id, filesystem
+from components.shards import filesystem, make_document
 
 # Skip reasons (report.drops keys).
 BINARY = "binary"
@@ -82,23 +82,6 @@ class TaskResult:
     drops: Counter[str] = field(default_factory=Counter)
     files_seen: int = 0
     bytes_read: int = 0
-
-
-def make_document(
-    repo: str, path: str, lang: str, content: str, license: str | None = None, stars: int | None = None
-) -> dict[str, Any]:
-    """One BASE_SCHEMA row; ``id`` depends only on (repo, path), so it is stable across runs."""
-    return {
-        "id": document_id(repo, path),
-        "repo": repo,
-        "path": path,
-        "lang": lang,
-        "content": content,
-        "size_bytes": len(content.encode("utf-8")),
-        "sha256": content_sha256(content),
-        "license": license,
-        "stars": stars,
-    }
 
 
 def decode_content(data: bytes | str, max_file_bytes: int) -> tuple[str | None, str | None]:
