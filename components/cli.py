@@ -44,11 +44,16 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from components.summary import format_summary, load_reports, where_results_are
+    from components.summary import format_model_summary, format_summary, load_reports, where_results_are
     from components.tracking import tracking_uri
 
-    print(format_summary(load_reports()))
+    reports = load_reports()
+    print(format_summary(reports))
     print()
+    models = format_model_summary(reports)
+    if models:
+        print(models)
+        print()
     print(where_results_are(tracking_uri(load_params(args.params))))
     return 0
 

@@ -58,6 +58,33 @@ def format_summary(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Report metrics of the model stages shown in the summary: (metric, column title, format).
+MODEL_COLUMNS = [
+    ("tokens_trained", "tokens", "{:>12,.0f}"),
+    ("final_val_bpb", "val bpb", "{:>8.3f}"),
+    ("mean_tokens_per_s", "tokens/s", "{:>9,.0f}"),
+    ("mean_mfu", "MFU", "{:>6.1%}"),
+]
+
+
+def format_model_summary(reports: dict[str, dict[str, Any]]) -> str:
+    """A table of the model stages (those whose report has ``tokens_trained``); empty if none ran."""
+    rows = {stage: r.get("metrics") or {} for stage, r in reports.items()}
+    rows = {stage: metrics for stage, metrics in rows.items() if "tokens_trained" in metrics}
+    if not rows:
+        return ""
+    titles = [f"{title:>{len(fmt.format(0))}}" for _, title, fmt in MODEL_COLUMNS]
+    lines = [f"{'model':<10} " + " ".join(titles)]
+    lines.append("-" * len(lines[0]))
+    for stage, metrics in rows.items():
+        cells = [
+            fmt.format(metrics[key]) if metrics.get(key) is not None else f"{'-':>{len(fmt.format(0))}}"
+            for key, _, fmt in MODEL_COLUMNS
+        ]
+        lines.append(f"{stage:<10} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def where_results_are(tracking_uri: str) -> str:
     """Closing lines: where the data, reports and MLflow runs are, and how to look at them."""
     return "\n".join(
