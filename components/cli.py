@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-from components.config import DEFAULT_PARAMS, ParamsError, load_params
+from components.config import DEFAULT_PARAMS, ParamsError, flatten, load_params, read_yaml
 
 #: Telemetry off by default (see docs/operations.md); the user's environment wins.
 QUIET_ENV = {
@@ -58,15 +61,41 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+PROFILES_DIR = Path("infra/profiles")
+
+
+def profile_command(profile: str, params_path: str = DEFAULT_PARAMS) -> list[str]:
+    """The ``dvc exp run`` command that applies overlay ``infra/profiles/<profile>.yaml`` as an experiment.
+
+    Every leaf of the overlay becomes ``-S key=value`` (values as JSON, which DVC reads as YAML), so the
+    run is recorded as the DVC experiment ``profile-<profile>`` and reproducible from its params.
+    """
+    overlay = PROFILES_DIR / f"{profile}.yaml"
+    load_params(params_path, overlays=[overlay])  # validates; names the file and key on error
+    settings = flatten(read_yaml(overlay))
+    command = ["dvc", "exp", "run", "--name", f"profile-{profile}"]
+    for key, value in settings.items():
+        command += ["--set-param", f"{key}={json.dumps(value)}"]
+    return command
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         load_params(args.params)  # fail before any work on a bad params.yaml
+        command = profile_command(args.profile, args.params) if args.profile else ["dvc", "repro"]
     except ParamsError as exc:
         print(f"codemill run: {exc}", file=sys.stderr)
         return 2
-    result = subprocess.run(["dvc", "repro", *args.dvc_args], check=False)
+    command += args.dvc_args
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    result = subprocess.run(command, check=False)
     if result.returncode != 0:
-        print(f"codemill run: `dvc repro` failed with exit code {result.returncode}", file=sys.stderr)
+        print(
+            f"codemill run: `{shlex.join(command[:3])}` failed with exit code {result.returncode}",
+            file=sys.stderr,
+        )
         return result.returncode
     return _cmd_summary(args)
 
@@ -78,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline (dvc repro) and print the summary")
+    run.add_argument(
+        "--profile", help="overlay infra/profiles/PROFILE.yaml (e.g. h100), run as a DVC experiment"
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     run.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc repro`")
     run.set_defaults(func=_cmd_run)
 
