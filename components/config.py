@@ -18,12 +18,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.anneal.config import AnnealConfig
 from components.clean.config import CleanConfig
 from components.curate.config import CurateConfig
 from components.dedup.config import DedupConfig
 from components.ingest.config import IngestConfig
+from components.pretrain.config import PretrainConfig
 from components.strict_model import StrictModel
 from components.tokenize.config import TokenizeConfig
+from components.train.config import ModelConfig, TrainConfig
 from components.validate.config import ValidateConfig
 
 DEFAULT_PARAMS = "params.yaml"
@@ -77,6 +80,10 @@ class Params(StrictModel):
     clean: CleanConfig = CleanConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     tokenize: TokenizeConfig = TokenizeConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    anneal: AnnealConfig = AnnealConfig()
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 

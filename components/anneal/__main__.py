@@ -1,0 +1,4 @@
+from components.anneal import run
+from components.stage import stage_main
+
+raise SystemExit(stage_main("anneal", run))

@@ -1,0 +1,48 @@
+"""What a training stage trains (:class:`TrainPlan`); the engine (components/train/engine.py) does the rest.
+
+Kept free of heavy imports: stage packages import it, and components.config imports their configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+
+class BatchSource(Protocol):
+    """Training data indexed by micro step: the same arguments always give the same batch."""
+
+    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> torch.Tensor:
+        """Token ids, shape ``(micro_batch, seq_len + 1)``."""
+        ...
+
+
+@dataclass
+class TrainPlan:
+    """What one training stage trains; built by the stage package on every rank."""
+
+    stage: str
+    steps: int
+    #: Learning rate of optimizer step ``s`` (0-based); ``schedule(steps)`` is the final LR.
+    schedule: Callable[[int], float]
+    weight_decay: float
+    train_data: BatchSource
+    #: The tokenize output: validation split, index (vocab, bytes per token) and tokenizer.
+    data_dir: str
+    #: Where the Hugging Face export goes (the DVC out); checkpoints go to ``<output>.ckpt/``.
+    output: str
+    #: An exported model to start from (fresh optimizer); None: random init.
+    init_from: str | None = None
+    #: Anything else that shapes the run (part of the checkpoint fingerprint), e.g. the parent model.
+    identity: dict[str, Any] = field(default_factory=dict)
+    #: Recorded in ``training.json`` (e.g. the size of the data mix).
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Resumable checkpoints of this stage, outside the DVC output."""
+        return f"{self.output.rstrip('/')}.ckpt"
