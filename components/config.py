@@ -22,6 +22,7 @@ from components.anneal.config import AnnealConfig
 from components.clean.config import CleanConfig
 from components.curate.config import CurateConfig
 from components.dedup.config import DedupConfig
+from components.evaluate.config import EvaluateConfig
 from components.ingest.config import IngestConfig
 from components.pretrain.config import PretrainConfig
 from components.strict_model import StrictModel
@@ -84,6 +85,7 @@ class Params(StrictModel):
     train: TrainConfig = TrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
     anneal: AnnealConfig = AnnealConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
