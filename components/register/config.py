@@ -1,0 +1,54 @@
+"""Parameters of the register stage (``register:`` in params.yaml)."""
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from components.strict_model import StrictModel
+
+
+def metric_key(name: str) -> str:
+    """A metric name as MLflow accepts it in keys: ``pass@1`` -> ``pass_at_1`` (only ``[\\w.\\- :/]``)."""
+    return re.sub(r"[^\w.\- :/]", "_", name.replace("@", "_at_"))
+
+
+class PromotionConfig(StrictModel):
+    """When the stage moves alias ``champion`` by itself (otherwise: ``codemill promote``)."""
+
+    #: Make every version that passes the gates the champion. Off: only the first one (no champion yet).
+    auto: bool = False
+
+
+class RegisterConfig(StrictModel):
+    """Which exported model to register as ``codemill-<model.name>`` and the gates for alias ``challenger``.
+
+    Metric names are those of ``reports/eval.json`` for the source stage written as MLflow keys
+    (``pass@1`` is ``pass_at_1``, see :func:`metric_key`), so that params and tags can carry them.
+    A gate on a metric the eval report lacks fails (closed): with no eval report, only a version with no
+    ``min_scores``/``max_scores`` can pass.
+    """
+
+    #: Model stage to register: reads ``models/<source>/`` and ``reports/eval.json`` ``models.<source>``.
+    source: str = "sft"
+    #: metric -> lowest allowed value (higher is better, e.g. pass_at_1).
+    min_scores: dict[str, float] = Field(default_factory=lambda: {"pass_at_1": 0.0})
+    #: metric -> highest allowed value (lower is better, e.g. bpb).
+    max_scores: dict[str, float] = Field(default_factory=dict)
+    #: metric -> direction compared with the current champion (``max``: higher is better).
+    compare: dict[str, Literal["max", "min"]] = Field(
+        default_factory=lambda: {"pass_at_1": "max", "bpb": "min"}
+    )
+    #: Largest allowed absolute regression against the champion on each ``compare`` metric.
+    tolerance: float = Field(0.0, ge=0)
+    promotion: PromotionConfig = PromotionConfig()
+    #: Default generation length saved with the model (and in its signature's params schema).
+    max_new_tokens: int = Field(32, ge=1)
+
+    @field_validator("min_scores", "max_scores", "compare")
+    @classmethod
+    def _metric_keys(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if metric_key(name) != name:
+                raise ValueError(f"metric {name!r} must be written {metric_key(name)!r} (MLflow key)")
+        return value

@@ -1,0 +1,285 @@
+"""The model registry side of codemill: gates, and moving alias ``champion`` by hand (promote, rollback).
+
+Conventions (design.md §2): registered model ``codemill-<model.name>``; alias ``challenger`` is the newest
+version that passed the gates, alias ``champion`` is the one served. Eval metrics live on each version as
+tags ``eval.<metric>``; every move of ``champion`` is recorded on the versions as ``champion.*`` tags
+(who, why, when, which version it replaced), so ``rollback`` can walk back the chain of champions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import operator
+import sys
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from components.config import DEFAULT_PARAMS, ParamsError, load_params
+from components.errors import StageError
+from components.register.config import RegisterConfig, metric_key
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+TAG_EVAL = "eval."
+TAG_GATES_PASSED = "gates.passed"
+TAG_GATES_FAILED = "gates.failed"
+TAG_ACTION = "champion.action"  # promote | auto | rollback
+TAG_BY = "champion.by"
+TAG_REASON = "champion.reason"
+TAG_AT = "champion.at"
+TAG_PREVIOUS = "champion.previous"  # the champion this version replaced when it was promoted
+TAG_REPLACED = "champion.replaced"  # the champion a rollback to this version replaced
+TAG_ROLLED_BACK_BY = "champion.rolled_back_by"
+TAG_ROLLED_BACK_REASON = "champion.rolled_back_reason"
+
+
+class RegistryError(StageError):
+    """A registry operation cannot be done (no champion, unknown version, failed gates without --force)."""
+
+
+def registered_name(model_name: str) -> str:
+    """The registered model name of ``model.name``: ``codemill-<name>``."""
+    return f"codemill-{model_name}"
+
+
+def metric_tag(metric: str) -> str:
+    """The version tag holding eval ``metric``: ``eval.pass_at_1``."""
+    return TAG_EVAL + metric_key(metric)
+
+
+# ---------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate: ``value <op> bound`` on an eval metric; a missing value fails (closed)."""
+
+    name: str
+    metric: str
+    op: str
+    bound: float
+    value: float | None
+    passed: bool
+
+
+OPERATORS = {">=": operator.ge, "<=": operator.le}
+
+
+def gate_rules(
+    config: RegisterConfig, champion_metrics: dict[str, float]
+) -> list[tuple[str, str, str, float]]:
+    """The gates as data, ``(name, metric, op, bound)``: absolute bounds, then no regression vs champion.
+
+    A ``compare`` metric is only gated when the champion has a value for it (first version: no comparison).
+    """
+    rules = [(f"min:{metric}", metric, ">=", bound) for metric, bound in sorted(config.min_scores.items())]
+    rules += [(f"max:{metric}", metric, "<=", bound) for metric, bound in sorted(config.max_scores.items())]
+    for metric, direction in sorted(config.compare.items()):
+        if metric not in champion_metrics:
+            continue
+        best = champion_metrics[metric]
+        if direction == "max":
+            rules.append((f"vs_champion:{metric}", metric, ">=", best - config.tolerance))
+        else:
+            rules.append((f"vs_champion:{metric}", metric, "<=", best + config.tolerance))
+    return rules
+
+
+def check_gates(
+    config: RegisterConfig, metrics: dict[str, float], champion_metrics: dict[str, float]
+) -> list[GateResult]:
+    """Evaluate every gate of :func:`gate_rules` on a candidate's eval ``metrics``."""
+    results = []
+    for name, metric, op, bound in gate_rules(config, champion_metrics):
+        value = metrics.get(metric)
+        passed = value is not None and OPERATORS[op](value, bound)
+        results.append(GateResult(name, metric, op, bound, value, passed))
+    return results
+
+
+def gate_tags(results: list[GateResult]) -> dict[str, str]:
+    """Version tags summarising gate results: ``gates.passed`` and the failed gates' names."""
+    failed = [result.name for result in results if not result.passed]
+    return {TAG_GATES_PASSED: str(not failed).lower(), TAG_GATES_FAILED: ",".join(failed)}
+
+
+def gate_report(results: list[GateResult]) -> list[dict[str, Any]]:
+    """Gate results as JSON-ready dicts (for reports/register.json)."""
+    return [asdict(result) for result in results]
+
+
+# ---------------------------------------------------------------- reading the registry
+
+
+def _client(client: MlflowClient | None) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return client or MlflowClient()
+
+
+def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> ModelVersion | None:
+    """The version ``alias`` points to, or ``None`` (no such alias, or no such registered model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(client).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_metrics(version: ModelVersion, metrics: list[str]) -> dict[str, float]:
+    """The eval ``metrics`` recorded as tags on ``version`` (those it has)."""
+    values = {}
+    for metric in metrics:
+        raw = version.tags.get(metric_tag(metric))
+        if raw is not None:
+            values[metric] = float(raw)
+    return values
+
+
+# ---------------------------------------------------------------- moving champion
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _set_tags(client: MlflowClient, name: str, version: str | int, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def promote(
+    name: str,
+    version: str,
+    reason: str,
+    user: str,
+    client: MlflowClient | None = None,
+    force: bool = False,
+    action: str = "promote",
+) -> str | None:
+    """Point ``champion`` of ``name`` at ``version``, recording who, why and the previous champion.
+
+    A version whose gates failed is refused unless ``force``. Returns the previous champion's version.
+    """
+    client = _client(client)
+    target = client.get_model_version(name, str(version))
+    if target.tags.get(TAG_GATES_PASSED) == "false" and not force:
+        failed = target.tags.get(TAG_GATES_FAILED, "")
+        raise RegistryError(
+            f"{name} version {version} failed its gates ({failed}); use --force to promote it"
+        )
+    previous = alias_version(name, CHAMPION, client)
+    previous_version = str(previous.version) if previous else None
+    if previous_version == str(target.version):
+        return previous_version
+    client.set_registered_model_alias(name, CHAMPION, target.version)
+    tags = {
+        TAG_ACTION: action,
+        TAG_BY: user,
+        TAG_REASON: reason,
+        TAG_AT: _now(),
+        TAG_PREVIOUS: previous_version or "",
+    }
+    _set_tags(client, name, target.version, tags)
+    return previous_version
+
+
+def rollback(
+    name: str, reason: str, user: str, client: MlflowClient | None = None, to_version: str | None = None
+) -> tuple[str, str]:
+    """Move ``champion`` back to the champion it replaced (or to ``to_version``); returns ``(from, to)``.
+
+    The abandoned version gets ``champion.rolled_back_by/_reason``; the restored one records the move
+    (``champion.action=rollback``, who, why, ``champion.replaced``) but keeps ``champion.previous``, so
+    repeated rollbacks walk further back through the history.
+    """
+    client = _client(client)
+    current = alias_version(name, CHAMPION, client)
+    if current is None:
+        raise RegistryError(f"{name} has no {CHAMPION}: nothing to roll back")
+    target = to_version or current.tags.get(TAG_PREVIOUS)
+    if not target:
+        raise RegistryError(
+            f"{name} version {current.version} replaced no earlier {CHAMPION}; pass a version"
+        )
+    current_version = str(current.version)
+    target_version = str(client.get_model_version(name, str(target)).version)
+    if target_version == current_version:
+        raise RegistryError(f"{name} version {target_version} is already the {CHAMPION}")
+    client.set_registered_model_alias(name, CHAMPION, target_version)
+    _set_tags(client, name, current_version, {TAG_ROLLED_BACK_BY: user, TAG_ROLLED_BACK_REASON: reason})
+    tags = {TAG_ACTION: "rollback", TAG_BY: user, TAG_REASON: reason, TAG_AT: _now()}
+    _set_tags(client, name, target_version, {**tags, TAG_REPLACED: current_version})
+    return current_version, target_version
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
+    parser.add_argument("--model", default=None, help="model.name to act on (default: from params)")
+    parser.add_argument("--reason", required=True, help="why (recorded as a version tag)")
+    parser.add_argument("--user", default=None, help="who (default: the login name)")
+    return parser
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    """Point MLflow at the project's tracking URI; returns ``(registered name, user)``."""
+    import mlflow
+
+    from components.tracking import tracking_uri
+
+    params = load_params(args.params)
+    mlflow.set_tracking_uri(tracking_uri(params))
+    return registered_name(args.model or params.model.name), args.user or getpass.getuser()
+
+
+def _run_cli(prog: str, action: Any) -> int:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        print(action())
+    except (ParamsError, StageError, MlflowException) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def promote_main(argv: list[str] | None = None) -> int:
+    """``codemill promote VERSION --reason ...``: make a registered version the champion."""
+    parser = _parser("codemill promote", promote_main.__doc__ or "")
+    parser.add_argument("version", help="model version to promote")
+    parser.add_argument("--force", action="store_true", help="promote even if the version failed its gates")
+    args = parser.parse_args(argv)
+
+    def action() -> str:
+        name, user = _target(args)
+        previous = promote(name, args.version, args.reason, user, force=args.force)
+        return f"{name}: {CHAMPION} {previous or '(none)'} -> {args.version} (by {user}: {args.reason})"
+
+    return _run_cli("codemill promote", action)
+
+
+def rollback_main(argv: list[str] | None = None) -> int:
+    """``codemill rollback --reason ... [--to VERSION]``: move the champion back to the previous one."""
+    parser = _parser("codemill rollback", rollback_main.__doc__ or "")
+    parser.add_argument("--to", default=None, help="version to roll back to (default: the previous champion)")
+    args = parser.parse_args(argv)
+
+    def action() -> str:
+        name, user = _target(args)
+        old, new = rollback(name, args.reason, user, to_version=args.to)
+        return f"{name}: {CHAMPION} {old} -> {new} (rollback by {user}: {args.reason})"
+
+    return _run_cli("codemill rollback", action)

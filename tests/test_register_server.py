@@ -1,0 +1,259 @@
+"""Register stage end to end against a REAL MLflow tracking server (one per module; ~15 s to start).
+
+register -> aliases -> load ``models:/codemill-<name>@champion``; a worse model gets no alias; promote and
+rollback move ``champion`` with who/why tags; ``codemill serve`` answers POST /invocations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from components.register import registry as reg
+from components.register.config import RegisterConfig
+from components.register.serve import kill_group
+from components.register.stage import register_model
+from components.report import read_report
+from components.stage import StageIO, run_stage
+from components.tracking import PARENT_RUN_ENV, TAG_OUT_MD5, TAG_STAGE
+from tests.conftest import PROJECT_ROOT, make_params
+
+pytestmark = pytest.mark.slow
+
+MODEL = "regtest"
+NAME = f"codemill-{MODEL}"
+ANNEAL_MD5 = "0123456789abcdef0123456789abcdef.dir"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until ``url`` answers 200 (fail early if ``proc`` died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"process for {url} exited with {proc.returncode}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on 127.0.0.1 with sqlite + proxied artifacts; MLFLOW_TRACKING_URI points at it."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
+    command += [
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc, timeout_s=120)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", url)
+            mlflow.set_tracking_uri(url)
+            mlflow.MlflowClient().create_experiment(
+                "codemill"
+            )  # server default: mlflow-artifacts:/ (proxied)
+            yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        kill_group(proc.pid)  # whatever the server left behind
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (hidden 32, 2 layers) with a byte-level BPE tokenizer trained here, saved HF-style."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("models") / "anneal"
+    corpus = [f"def add_{i}(a, b):\n    return a + b * {i}\n" for i in range(200)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    (path / "training.json").write_text(json.dumps({"final_loss": 5.0}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def parent_run(server: str) -> Iterator[str]:
+    """A pipeline parent run with an upstream ``anneal`` stage run tagged with its output md5."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("codemill").experiment_id
+    parent = client.create_run(experiment, run_name="pipeline").info.run_id
+    tags = {TAG_STAGE: "anneal", f"{TAG_OUT_MD5}.models/anneal": ANNEAL_MD5, "mlflow.parentRunId": parent}
+    upstream = client.create_run(experiment, run_name="anneal", tags=tags).info.run_id
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PARENT_RUN_ENV, parent)
+        yield upstream
+
+
+def register(
+    workdir: Path, model_dir: Path, pass_at_1: float, config: RegisterConfig | None = None
+) -> dict[str, object]:
+    """Run the register stage (in its MLflow stage run) with an eval report; returns its report."""
+    eval_path = workdir / "eval.json"
+    eval_path.write_text(json.dumps({"models": {"anneal": {"pass@1": pass_at_1, "bpb": 2.0}}}))
+    config = config or RegisterConfig(source="anneal", max_new_tokens=4)
+    params = make_params(model={"name": MODEL})
+    report = workdir / "register.json"
+
+    def stage(p: object, io: StageIO) -> object:
+        return register_model(params, config, Path(io.inputs[0]), Path(io.inputs[1]))
+
+    run_stage("register", stage, params, StageIO([str(model_dir), str(eval_path)], None), str(report))
+    return read_report(report)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parent_run: str) -> Path:
+    """A working directory with a dvc.lock recording the upstream anneal output."""
+    lock = {"schema": "2.0", "stages": {"anneal": {"outs": [{"path": "models/anneal", "md5": ANNEAL_MD5}]}}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_register_tags_aliases_and_loads_champion(workdir: Path, model_dir: Path, parent_run: str) -> None:
+    import mlflow
+
+    report = register(workdir, model_dir, pass_at_1=0.10)
+    details = report["details"]
+    assert details["version"] == "1" and details["champion_before"] is None
+    assert details["aliases"] == ["challenger", "champion"]  # first version to pass becomes champion
+    assert report["metrics"]["gates_passed"] == 1.0 and report["metrics"]["eval.pass_at_1"] == 0.10
+    assert report["files_in"] >= 4  # config, weights, tokenizer, training.json
+
+    version = mlflow.MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["eval.pass_at_1"] == "0.1" and version.tags["gates.passed"] == "true"
+    assert version.tags["lineage.dvc.models/anneal"] == ANNEAL_MD5
+    assert version.tags["lineage.run.anneal"] == parent_run
+    assert len(version.tags["lineage.params.sha256"]) == 64 and "lineage.git.commit" in version.tags
+    assert version.tags[reg.TAG_ACTION] == "auto" and version.tags[reg.TAG_PREVIOUS] == ""
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    out = model.predict(["def add(a, b):"], params={"max_new_tokens": 3})
+    assert len(out) == 1 and isinstance(out[0], str) and out[0].startswith("def add(a, b):")
+
+
+def test_worse_model_gets_no_alias_better_one_is_challenger(workdir: Path, model_dir: Path) -> None:
+    import mlflow
+
+    worse = register(workdir, model_dir, pass_at_1=0.05)
+    assert worse["details"]["aliases"] == [] and worse["metrics"]["gates_passed"] == 0.0
+    assert worse["drops"] == {"gate.vs_champion:pass_at_1": 1}
+    client = mlflow.MlflowClient()
+    assert client.get_model_version(NAME, "2").tags["gates.failed"] == "vs_champion:pass_at_1"
+
+    better = register(workdir, model_dir, pass_at_1=0.20)
+    assert better["details"]["aliases"] == ["challenger"]  # promotion.auto is off: champion stays
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
+def test_promote_and_rollback_commands_move_champion(workdir: Path, model_dir: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    params = str(PROJECT_ROOT / "params.yaml")
+    common = ["--params", params, "--model", MODEL, "--user", "alice"]
+    assert reg.promote_main([*common, "2", "--reason", "worse model"]) == 2  # failed its gates
+    assert reg.promote_main([*common, "3", "--reason", "pass@1 0.20 > 0.10"]) == 0
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champion.version) == "3"
+    assert (champion.tags[reg.TAG_BY], champion.tags[reg.TAG_REASON]) == ("alice", "pass@1 0.20 > 0.10")
+    assert champion.tags[reg.TAG_PREVIOUS] == "1"
+
+    assert reg.rollback_main([*common, "--reason", "bad completions"]) == 0
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert client.get_model_version(NAME, "3").tags[reg.TAG_ROLLED_BACK_REASON] == "bad completions"
+    assert client.get_model_version(NAME, "1").tags[reg.TAG_REPLACED] == "3"
+
+    auto = register(
+        workdir,
+        model_dir,
+        pass_at_1=0.30,
+        config=RegisterConfig(source="anneal", max_new_tokens=4, promotion={"auto": True}),
+    )
+    assert auto["details"]["aliases"] == ["challenger", "champion"]
+
+
+def test_serve_answers_post_and_leaves_no_process(server: str, workdir: Path, model_dir: Path) -> None:
+    if reg.alias_version(NAME, reg.CHAMPION) is None:  # run on its own (-k serve)
+        register(workdir, model_dir, pass_at_1=0.10)
+    port = free_port()
+    code = "import sys; from components.register.serve import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "--model", MODEL, "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": server})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout_s=180)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        body = {"inputs": ["def add(a, b):"], "params": {"max_new_tokens": 3}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert len(predictions) == 1 and isinstance(predictions[0], str) and predictions[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        exit_code = proc.wait(timeout=30)
+    assert exit_code in (0, 128 + signal.SIGTERM)
+    time.sleep(0.5)
+    assert children and not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
