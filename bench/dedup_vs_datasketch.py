@@ -36,6 +36,8 @@ from datasketch import MinHash, MinHashLSH
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+
 from components.dedup.clusters import ALL_PAIRS_MAX_BUCKET, bucket_pairs, unique_pairs  # noqa: E402
 from components.dedup.minhash import (  # noqa: E402
     MinHasher,
@@ -334,18 +336,6 @@ def markdown(args: argparse.Namespace, corpus: dict, rows: list[Row], stage: flo
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, leaving other sections as they are."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if following < 0 else text[following + 1 :])
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Build the corpus, run both methods, print the table and update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -390,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     section = markdown(args, corpus, table, stage)
     print(section)
     if not args.no_write:
-        write_section(PROJECT_ROOT / "docs" / "benchmarks.md", section)
+        write_section(BENCHMARKS_DOC, section)
 
 
 if __name__ == "__main__":

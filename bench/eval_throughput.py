@@ -25,6 +25,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+
 from components.evaluate.humaneval import check_program, load_problems  # noqa: E402
 from components.evaluate.sandbox import drops_privileges, run_programs  # noqa: E402
 
@@ -66,18 +68,6 @@ def time_theirs(
         ]
         results = [future.result() for future in futures]
     return time.perf_counter() - started, sum(r["passed"] for r in results)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of ``path``, leaving the other sections alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if following < 0 else text[following + 1 :])
-    path.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(section)
     if not args.no_write:
-        write_section(PROJECT_ROOT / "docs" / "benchmarks.md", section)
+        write_section(BENCHMARKS_DOC, section)
 
 
 if __name__ == "__main__":
