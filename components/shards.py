@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ import fsspec
 import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from components.errors import StageError
 
 #: Columns every stage's documents carry (design.md §1); stages add their own after these.
 BASE_SCHEMA = pa.schema(
@@ -189,3 +192,27 @@ class ShardWriter:
             write_shard(self.schema.empty_table(), path)
             self.paths.append(path)
         return self.paths
+
+
+def iter_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` for each non-blank line of a JSON-lines file (local or ``s3://``, ``.gz`` too).
+
+    ``where`` is ``path:line``. A line that is not a JSON object, or an unreadable file, raises
+    :class:`StageError` naming the file and line.
+    """
+    fs, fs_path = filesystem(path)
+    try:
+        with fs.open(fs_path, "rt", encoding="utf-8", compression="infer") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise StageError(f"{where}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise StageError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                yield where, record
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: cannot read ({exc})") from None

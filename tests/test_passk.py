@@ -82,7 +82,7 @@ def test_eval_samples_scores_a_samples_file(tmp_path: Path, capsys: pytest.Captu
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
-        ('{"task_id": "HumanEval/0", "completion": ', "not a JSON object"),
+        ('{"task_id": "HumanEval/0", "completion": ', "invalid JSON"),
         ('{"task_id": "HumanEval/0"}', "'completion'"),
         ('{"task_id": "HumanEval/999", "completion": ""}', "unknown task_id"),
     ],

@@ -21,7 +21,6 @@ Benchmark n-grams are kept as a set (dict) of 64-bit xxhash values, built once p
 from __future__ import annotations
 
 import builtins
-import json
 import keyword
 import re
 import typing
@@ -34,7 +33,7 @@ import xxhash
 
 from components.clean.config import DecontamConfig
 from components.errors import StageError
-from components.shards import filesystem
+from components.shards import filesystem, iter_jsonl
 
 EXACT_SUBSTRING = "exact_substring"
 NGRAM_OVERLAP = "ngram_overlap"
@@ -94,13 +93,7 @@ def benchmark_name(path: str) -> str:
     return name
 
 
-def _parse_problem(line: str, where: str, benchmark: str) -> BenchmarkProblem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise StageError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise StageError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _parse_problem(record: dict[str, typing.Any], where: str, benchmark: str) -> BenchmarkProblem:
     for field, required in (("task_id", True), ("prompt", True), ("canonical_solution", False)):
         if required and field not in record:
             raise StageError(f"{where}: missing {field!r}")
@@ -116,14 +109,7 @@ def read_benchmark(path: str, name: str | None = None) -> list[BenchmarkProblem]
     fs, fs_path = filesystem(path)
     if not fs.isfile(fs_path):
         raise StageError(f"{path}: benchmark file not found (clean.decontam.benchmarks)")
-    problems = []
-    try:
-        with fs.open(fs_path, "rt", encoding="utf-8", compression="infer") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    problems.append(_parse_problem(line, f"{path}:{number}", name))
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: cannot read benchmark file ({exc})") from None
+    problems = [_parse_problem(record, where, name) for where, record in iter_jsonl(path)]
     if not problems:
         raise StageError(f"{path}: benchmark file holds no problems")
     return problems

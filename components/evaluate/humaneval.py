@@ -17,6 +17,7 @@ from components.errors import StageError
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.passk import mean_pass_at_k
 from components.evaluate.sandbox import SandboxError, run_programs
+from components.shards import iter_jsonl
 
 #: Characters of a completion's error message kept in the per-sample results.
 MAX_ERROR_CHARS = 300
@@ -80,27 +81,12 @@ def summarize(results: Sequence[dict], ks: Sequence[int]) -> dict:
 def read_samples(path: str, problems: dict[str, dict]) -> list[dict]:
     """Samples of a JSONL file; a bad line raises StageError naming the file and line number."""
     samples = []
-    try:
-        with open(path, encoding="utf-8") as file:
-            for number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise StageError(f"{where}: not a JSON object ({exc.msg})") from None
-                if not isinstance(sample, dict):
-                    raise StageError(f"{where}: expected a JSON object with task_id and completion")
-                if not isinstance(sample.get("task_id"), str) or not isinstance(
-                    sample.get("completion"), str
-                ):
-                    raise StageError(f"{where}: needs string fields 'task_id' and 'completion'")
-                if sample["task_id"] not in problems:
-                    raise StageError(f"{where}: unknown task_id {sample['task_id']!r}")
-                samples.append(sample)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: cannot read samples ({exc})") from None
+    for where, sample in iter_jsonl(path):
+        if not isinstance(sample.get("task_id"), str) or not isinstance(sample.get("completion"), str):
+            raise StageError(f"{where}: needs string fields 'task_id' and 'completion'")
+        if sample["task_id"] not in problems:
+            raise StageError(f"{where}: unknown task_id {sample['task_id']!r}")
+        samples.append(sample)
     if not samples:
         raise StageError(f"{path}: no samples")
     return samples
