@@ -32,12 +32,14 @@ def _mb(n_bytes: float) -> str:
 
 
 def format_summary(reports: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of the stage reports plus the drops of each stage."""
+    """A plain-text table of the data stages' reports plus the drops of each stage."""
     header = (
         f"{'stage':<10} {'files in':>9} {'files out':>9} {'MB in':>8} {'MB out':>8} {'sec':>7} {'MB/s':>7}"
     )
     lines = [header, "-" * len(header)]
     for stage, report in reports.items():
+        if "tokens_trained" in (report.get("metrics") or {}):
+            continue  # model stages have their own table (format_model_summary)
         lines.append(
             f"{stage:<10} {report['files_in']:>9,} {report['files_out']:>9,} {_mb(report['bytes_in']):>8} "
             f"{_mb(report['bytes_out']):>8} {report['seconds']:>7.1f} {report['mb_per_s']:>7.2f}"

@@ -32,11 +32,15 @@ def test_summary_shows_counts_drops_and_dedup_ratio(tmp_path: Path) -> None:
     assert format_model_summary(reports) == ""
 
 
+EMPTY = {"files_in": 1, "files_out": 1, "bytes_in": 1, "bytes_out": 1, "seconds": 1.0, "mb_per_s": 0.0}
+
+
 def test_model_table_lists_stages_that_trained() -> None:
     reports = {
         "pretrain": {"metrics": {"tokens_trained": 614400, "final_val_bpb": 2.5, "mean_tokens_per_s": 5321}},
         "dedup": {"metrics": {"dedup_ratio": 0.1}},
     }
+    assert "pretrain" not in format_summary({**reports, "dedup": {**reports["dedup"], **EMPTY}})
     lines = format_model_summary(reports).splitlines()
     assert len(lines) == 3
     assert lines[2].split() == ["pretrain", "614,400", "2.500", "5,321", "-"]
