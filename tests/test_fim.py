@@ -20,40 +20,20 @@ def expected_parts(text: str, seed: int) -> tuple[str, str, str, int]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_psm_layout_is_exact(seed: int) -> None:
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+def test_fim_layout_is_exact(seed: int, layout: str) -> None:
     codec = tiny_codec()
     special = codec.special
     tokens = codec.encode(DOCUMENT)
-    result = apply_fim(tokens, codec, np.random.default_rng(seed), fim_rate=1.0, spm_rate=0.0)
-    prefix, middle, suffix, _ = expected_parts(DOCUMENT, seed)
-    expected = [
-        special.fim_prefix,
-        *codec.encode(prefix),
-        special.fim_suffix,
-        *codec.encode(suffix),
-        special.fim_middle,
-        *codec.encode(middle),
-    ]
+    spm_rate = 1.0 if layout == "spm" else 0.0
+    result = apply_fim(tokens, codec, np.random.default_rng(seed), fim_rate=1.0, spm_rate=spm_rate)
+    prefix, middle, suffix = (codec.encode(part) for part in expected_parts(DOCUMENT, seed)[:3])
+    if layout == "psm":  # <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle
+        expected = [special.fim_prefix, *prefix, special.fim_suffix, *suffix, special.fim_middle, *middle]
+    else:  # bigcode Megatron SPM: <fim_prefix><fim_suffix> suffix <fim_middle> prefix middle
+        expected = [special.fim_prefix, special.fim_suffix, *suffix, special.fim_middle, *prefix, *middle]
     assert result.tolist() == expected
     assert result.dtype == np.int64
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_spm_layout_is_exact(seed: int) -> None:
-    codec = tiny_codec()
-    special = codec.special
-    tokens = codec.encode(DOCUMENT)
-    result = apply_fim(tokens, codec, np.random.default_rng(seed), fim_rate=1.0, spm_rate=1.0)
-    prefix, middle, suffix, _ = expected_parts(DOCUMENT, seed)
-    expected = [
-        special.fim_prefix,
-        special.fim_suffix,
-        *codec.encode(suffix),
-        special.fim_middle,
-        *codec.encode(prefix),
-        *codec.encode(middle),
-    ]
-    assert result.tolist() == expected
 
 
 def test_rate_zero_leaves_the_document_alone() -> None:
