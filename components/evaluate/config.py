@@ -24,6 +24,23 @@ class EvaluateConfig(StrictModel):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
     stop: list[str] = Field(default_factory=lambda: list(HUMANEVAL_STOP))
+    #: Model stages evaluated, each read from ``<models_dir>/<stage>`` (an exported HF checkpoint).
+    models: list[str] = Field(default_factory=lambda: ["pretrain", "anneal"])
+    models_dir: str = "models"
+    #: Stages whose model is prompted through its chat template (instruct models).
+    chat_models: list[str] = Field(default_factory=lambda: ["sft"])
+    #: First N problems only (None: all 164), for quick CPU runs.
+    problems_limit: int | None = Field(None, ge=1)
+    #: Prompts generated together (left-padded, KV cache).
+    batch_size: int = Field(8, ge=1)
+    #: Greedy decoding for pass@1 (one completion per problem).
+    greedy: bool = True
+    #: Sampled decoding (n_samples per problem, temperature/top_p) for pass@k.
+    sampling: bool = True
+    #: Tokenize output with the val split for bits per byte (skipped when it does not exist).
+    data_dir: str = "data/tokenize"
+    #: Validation sequences (of model.seq_len tokens) scored for bits per byte.
+    bpb_sequences: int = Field(64, ge=1)
 
     @field_validator("k")
     @classmethod

@@ -1,0 +1,108 @@
+"""Batched completion generation for HumanEval: left padding, KV cache, stop sequences, seeded sampling."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+#: Instruction given to chat (instruct) models around the HumanEval prompt.
+CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a code block.\n"
+CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """One decoding setting: greedy (``temperature == 0``) or sampling with temperature and top_p."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        """No sampling: the most likely token at every step."""
+        return self.temperature == 0.0
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (not including) the first occurrence of any stop sequence."""
+    cut = min((index for index in (text.find(s) for s in stop) if index >= 0), default=len(text))
+    return text[:cut]
+
+
+def extract_code(reply: str) -> str:
+    """The code of a chat reply: its first fenced code block, or the whole reply without one."""
+    match = CODE_BLOCK.search(reply)
+    return match.group(1) if match else reply
+
+
+class StopOnSequences(StoppingCriteria):
+    """Stops each row once its generated text (after the prompt) contains a stop sequence."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stop = tuple(stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """The HumanEval prompt wrapped in the model's chat template as one user turn, ready for the reply."""
+    messages = [{"role": "user", "content": f"{CHAT_INSTRUCTION}```python\n{prompt}```"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    decoding: Decoding,
+    batch_size: int,
+    seed: int,
+    end_tokens: Sequence[str] = (),
+) -> list[str]:
+    """One completion per prompt (in order), cut at the first stop sequence.
+
+    Prompts go in batches of ``batch_size``, left-padded so every row continues from its last token; the
+    KV cache is on. Sampling is seeded per batch (``seed + batch index``), so results do not depend on
+    what ran before. ``end_tokens`` (e.g. ``<|im_end|>`` for chat models) also end a row.
+    """
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(end_tokens))]
+    device = next(model.parameters()).device
+    model.eval()
+    completions: list[str] = []
+    for batch_index, first in enumerate(range(0, len(prompts), batch_size)):
+        batch = tokenizer(list(prompts[first : first + batch_size]), return_tensors="pt", padding=True)
+        batch = {name: tensor.to(device) for name, tensor in batch.items() if name != "token_type_ids"}
+        prompt_len = batch["input_ids"].shape[1]
+        sampling = {"do_sample": False}
+        if not decoding.greedy:
+            sampling = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
+        stopping = StoppingCriteriaList([StopOnSequences(tokenizer, prompt_len, decoding.stop)])
+        torch.manual_seed(seed + batch_index)
+        output = model.generate(
+            **batch,
+            max_new_tokens=decoding.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+            use_cache=True,
+            stopping_criteria=stopping if decoding.stop else None,
+            top_k=None,
+            **sampling,
+        )
+        texts = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
+        completions += [truncate_at_stop(text, decoding.stop) for text in texts]
+    return completions
