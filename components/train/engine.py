@@ -75,9 +75,16 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def next_token_loss(model: Any, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy (nats) of predicting ``batch[:, 1:]`` from ``batch[:, :-1]`` (-100 targets ignored)."""
-    inputs, targets = batch[:, :-1], batch[:, 1:]
+def next_token_loss(
+    model: Any, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy (nats) of predicting ``batch[:, 1:]`` from ``batch[:, :-1]`` (-100 targets ignored).
+
+    ``batch`` may be ``(input_ids, labels)`` of the same shape (SFT: labels -100 on prompt and padding):
+    then the targets are ``labels[:, 1:]``.
+    """
+    tokens, labels = batch if isinstance(batch, tuple) else (batch, batch)
+    inputs, targets = tokens[:, :-1], labels[:, 1:]
     logits = model(input_ids=inputs).logits
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
@@ -300,7 +307,8 @@ def train(params: Params, plan: TrainPlan) -> dict[str, Any]:
         lr = engine.get_lr()[0]
         for micro in range(cfg.grad_accum):
             batch = plan.train_data.batch(step * cfg.grad_accum + micro, cfg.micro_batch, rank, world)
-            loss = next_token_loss(engine, batch.to(device))
+            batch = tuple(part.to(device) for part in batch) if isinstance(batch, tuple) else batch.to(device)
+            loss = next_token_loss(engine, batch)
             engine.backward(loss)
             engine.step()  # at the accumulation boundary: clip, optimizer step, LR schedule step
             train_loss.add(loss)

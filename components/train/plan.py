@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 class BatchSource(Protocol):
     """Training data indexed by micro step: the same arguments always give the same batch."""
 
-    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> torch.Tensor:
-        """Token ids, shape ``(micro_batch, seq_len + 1)``."""
+    def batch(
+        self, step: int, micro_batch: int, rank: int, world_size: int
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Token ids, shape ``(micro_batch, seq_len + 1)``; or ``(input_ids, labels)`` of one shape (at most
+        that), labels -100 where no loss is taken (SFT prompts, padding). The engine shifts by one."""
         ...
 
 
