@@ -26,6 +26,7 @@ from components.evaluate.config import EvaluateConfig
 from components.ingest.config import IngestConfig
 from components.pretrain.config import PretrainConfig
 from components.register.config import RegisterConfig
+from components.sft.config import SftConfig
 from components.strict_model import StrictModel
 from components.tokenize.config import TokenizeConfig
 from components.train.config import ModelConfig, TrainConfig
@@ -90,6 +91,7 @@ class Params(StrictModel):
     train: TrainConfig = TrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
     anneal: AnnealConfig = AnnealConfig()
+    sft: SftConfig = SftConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 

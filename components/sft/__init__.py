@@ -1,0 +1,208 @@
+"""sft stage: instruction tuning of the annealed model (OpenCoder two-stage SFT) on the shared engine.
+
+Inputs (in this order): ``models/anneal`` (the exported model), ``data/tokenize`` (tokenizer, splits and
+the validation data the engine evaluates on) and ``data/clean`` (where the default pairs are mined).
+Output: ``models/sft``, a Hugging Face checkpoint with ``training.json``; checkpoints in ``models/sft.ckpt``.
+
+- ``sft.stages`` run in order in one engine run: stage ``k`` trains its ``steps`` (or ``epochs`` over its
+  examples) on its own data with its own LR (warmup, then cosine to ``min_lr_ratio * lr``).
+- A stage's data is its JSON-lines files, or, when it lists none, the pairs mined from the training split
+  (``components/sft/mine.py``). Conversations are rendered with the chat template; loss only on the
+  assistant replies unless ``sft.loss_on_prompt`` (``components/sft/data.py``).
+- Batches are ``(input_ids, labels)`` (right-padded with ``<fim_pad>``, labels -100 on prompt and padding),
+  so the engine's loss ignores the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components.errors import StageError
+from components.pretrain import tokenized_input
+from components.report import StageReport
+from components.train.optim import Cosine
+from components.train.plan import BatchSource, TrainPlan
+
+if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
+    import torch
+
+    from components.config import Params
+    from components.sft.config import SftStageConfig
+    from components.sft.data import Example
+    from components.stage import StageIO
+
+
+@dataclass(frozen=True)
+class StagedSchedule:
+    """Stage ``k``'s schedule from its first optimizer step on (``starts`` ascending, ``starts[0] == 0``)."""
+
+    starts: tuple[int, ...]
+    schedules: tuple[Cosine, ...]
+
+    def __call__(self, step: int) -> float:
+        stage = max(k for k, start in enumerate(self.starts) if start <= step)
+        return self.schedules[stage](step - self.starts[stage])
+
+
+@dataclass(frozen=True)
+class StagedBatches:
+    """Stage ``k``'s batches from its first micro step on (``starts`` ascending, ``starts[0] == 0``)."""
+
+    starts: tuple[int, ...]
+    sources: tuple[BatchSource, ...]
+
+    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
+        """The batch of micro step ``step`` from the stage it falls in."""
+        stage = max(k for k, start in enumerate(self.starts) if start <= step)
+        return self.sources[stage].batch(step - self.starts[stage], micro_batch, rank, world_size)
+
+
+def annealed_input(io: StageIO) -> Path:
+    """The exported model to tune (first input), checked to exist."""
+    if not io.inputs:
+        raise StageError("missing --input #1: the annealed model (models/anneal)")
+    model_dir = Path(io.inputs[0])
+    if not (model_dir / "training.json").is_file():
+        raise StageError(f"{model_dir}: no training.json (did the anneal stage finish?)")
+    return model_dir
+
+
+def clean_input(io: StageIO) -> str:
+    """The cleaned shards (third input), where the default pairs are mined."""
+    if len(io.inputs) < 3:
+        raise StageError("missing --input #3: the cleaned shards (data/clean), where SFT pairs are mined")
+    return io.inputs[2]
+
+
+def stage_steps(stage: SftStageConfig, examples: int, examples_per_step: int) -> int:
+    """Optimizer steps of a stage: its ``steps``, or ``epochs`` passes over its examples."""
+    if stage.steps is not None:
+        return stage.steps
+    return max(1, math.ceil(stage.epochs * examples / examples_per_step))
+
+
+def stage_schedule(stage: SftStageConfig, steps: int) -> Cosine:
+    """Warmup, then cosine from ``lr`` to ``min_lr_ratio * lr`` over the stage's steps."""
+    return Cosine(
+        lr=stage.lr, min_lr=stage.lr * stage.min_lr_ratio, warmup=min(stage.warmup, steps - 1), steps=steps
+    )
+
+
+def sft_examples(
+    params: Params, io: StageIO, tokenizer: Any
+) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """The tokenized examples of each stage (by name) and what was read, mined and dropped."""
+    from components.sft.data import encode_conversation, pair_messages, read_conversations
+    from components.sft.mine import mine_pairs
+
+    cfg = params.sft
+    max_len = params.model.seq_len + 1
+    details: dict[str, Any] = {"mined_pairs": 0, "mined_drops": {}, "stages": []}
+    mined = None
+    result: dict[str, list[Example]] = {}
+    for stage in cfg.stages:
+        if stage.data:
+            conversations = [messages for path in stage.data for messages in read_conversations(path)]
+        else:
+            if not cfg.mined.enabled:
+                raise StageError(f"sft stage {stage.name!r} lists no data and sft.mined.enabled is false")
+            if mined is None:
+                pairs, drops = mine_pairs(
+                    clean_input(io), tokenized_input(io, 1), cfg.mined, params.clean.decontam
+                )
+                mined = [pair_messages(pair.instruction, pair.response) for pair in pairs]
+                details["mined_pairs"], details["mined_drops"] = len(pairs), dict(sorted(drops.items()))
+            conversations = mined
+        encoded = [
+            encode_conversation(c, tokenizer, cfg.chat_template, cfg.loss_on_prompt) for c in conversations
+        ]
+        # Truncated to the context, an example must still have a trained token (as a next-token target).
+        kept = [example for example in encoded if (example.labels[1:max_len] != -100).any()]
+        if not kept:
+            raise StageError(
+                f"sft stage {stage.name!r}: none of its {len(encoded)} examples has a response token within "
+                f"model.seq_len + 1 = {max_len} tokens"
+            )
+        result[stage.name] = kept
+        details["stages"].append(
+            {
+                "name": stage.name,
+                "examples": len(kept),
+                "dropped_no_response_in_context": len(encoded) - len(kept),
+            }
+        )
+    return result, details
+
+
+def _examples_digest(examples: dict[str, list[Example]]) -> str:
+    digest = hashlib.sha256()
+    for name, stage_examples in examples.items():
+        digest.update(name.encode())
+        for example in stage_examples:
+            digest.update(example.tokens.tobytes())
+            digest.update(example.labels.tobytes())
+    return digest.hexdigest()
+
+
+def train_plan(params: Params, io: StageIO) -> TrainPlan:
+    """What SFT trains: the annealed weights, then each ``sft.stages`` entry in turn on its examples."""
+    from components.sft.data import SftBatches
+    from components.tokenize.dataset import load_tokenizer
+
+    model_dir = annealed_input(io)
+    data_dir = tokenized_input(io, 1)
+    tokenizer = load_tokenizer(data_dir)
+    examples, details = sft_examples(params, io, tokenizer)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    examples_per_step = params.train.micro_batch * params.train.grad_accum * world
+    steps, sources, schedules = [], [], []
+    for stage, stage_examples in zip(params.sft.stages, examples.values(), strict=True):
+        count = stage_steps(stage, len(stage_examples), examples_per_step)
+        steps.append(count)
+        schedules.append(stage_schedule(stage, count))
+        sources.append(
+            SftBatches(stage_examples, params.project.seed, tokenizer.pad_token_id, params.model.seq_len + 1)
+        )
+        details["stages"][len(steps) - 1]["steps"] = count
+    starts = tuple(sum(steps[:k]) for k in range(len(steps)))
+    anneal_summary = (model_dir / "training.json").read_bytes()
+    return TrainPlan(
+        stage="sft",
+        steps=sum(steps),
+        schedule=StagedSchedule(starts, tuple(schedules)),
+        weight_decay=params.sft.weight_decay,
+        train_data=StagedBatches(tuple(start * params.train.grad_accum for start in starts), tuple(sources)),
+        data_dir=data_dir,
+        output=str(io.output),
+        init_from=str(model_dir),
+        identity={
+            "anneal": hashlib.sha256(anneal_summary).hexdigest(),
+            "examples": _examples_digest(examples),
+        },
+        details={"sft": details},
+    )
+
+
+def run(params: Params, io: StageIO) -> StageReport:
+    """Instruction-tune the annealed model, stage after stage, and export it."""
+    from components.tokenize.dataset import read_index
+    from components.train.launch import launch, training_report
+
+    annealed_input(io)
+    data_dir = tokenized_input(io, 1)
+    summary = launch("sft", params, io)
+    report = training_report("sft", summary, read_index(data_dir), str(io.output))
+    for reason, count in summary.get("sft", {}).get("mined_drops", {}).items():
+        report.count_drop(reason, count)
+    report.metrics["sft_examples"] = sum(
+        stage["examples"] for stage in summary.get("sft", {}).get("stages", [])
+    )
+    return report
+
+
+__all__ = ["run", "train_plan"]

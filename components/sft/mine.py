@@ -1,0 +1,114 @@
+"""The default SFT data, mined offline from the curated corpus's training split.
+
+- From every Python document of ``data/clean`` whose id is in the tokenize training split
+  (``train.ids.json``) and whose repo has no document in the validation split, ``ast`` yields:
+  a function's signature + docstring -> the function (its body), and a class's header + docstring ->
+  the class (its methods). Functions and classes whose body after the docstring is shorter than
+  ``min_body_lines`` are skipped; files that do not parse are skipped.
+- A pair that overlaps a benchmark problem (HumanEval by default: the clean stage's decontamination
+  index, ``components/clean/decontam.benchmark_index``) is dropped, as is a repeated pair.
+- At most ``max_pairs`` pairs are kept: the ones with the lowest hash of their text, so the choice does
+  not depend on shard order. The result is sorted by that hash (deterministic).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import textwrap
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.clean.config import DecontamConfig
+from components.clean.decontam import benchmark_index
+from components.errors import StageError
+from components.sft.config import MinedConfig
+from components.shards import iter_tables
+from components.tokenize.packing import split_paths, unit_hash
+
+INSTRUCTIONS = {
+    "function": "Complete the body of this Python function so that it does what its docstring says.",
+    "class": "Implement the methods of this Python class so that it does what its docstring says.",
+}
+
+
+@dataclass(frozen=True)
+class MinedPair:
+    """One instruction/response pair and the document it came from."""
+
+    instruction: str
+    response: str
+    source_id: str
+
+    @property
+    def key(self) -> float:
+        """The order of mined pairs (a hash of the text)."""
+        return unit_hash("sft-pair", self.instruction, self.response)
+
+
+def _lines(lines: list[str], start: int, end: int) -> str:
+    """Lines ``start .. end`` (1-based, inclusive), dedented."""
+    return textwrap.dedent("\n".join(lines[start - 1 : end]))
+
+
+def _code_block(code: str) -> str:
+    return f"```python\n{code.rstrip()}\n```"
+
+
+def pairs_from_source(source: str, min_body_lines: int = 2) -> list[tuple[str, str]]:
+    """``(instruction, response)`` pairs of the documented functions and classes of a Python source."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    lines = source.splitlines()
+    pairs = []
+    for node in ast.walk(tree):
+        kind = "class" if isinstance(node, ast.ClassDef) else "function"
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        if ast.get_docstring(node) is None or len(node.body) < 2:
+            continue
+        docstring_node, rest = node.body[0], node.body[1:]
+        if rest[-1].end_lineno - rest[0].lineno + 1 < min_body_lines:
+            continue
+        start = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
+        header = _lines(lines, start, docstring_node.end_lineno)
+        whole = _lines(lines, start, node.end_lineno)
+        pairs.append((f"{INSTRUCTIONS[kind]}\n\n{_code_block(header)}", _code_block(whole)))
+    return pairs
+
+
+def split_ids(data_dir: str, split: str) -> list[str]:
+    """Document ids of a tokenize split (``<data_dir>/<split>.ids.json``)."""
+    path = split_paths(data_dir, split)["ids"]
+    if not path.is_file():
+        raise StageError(f"{path}: missing (did the tokenize stage run?)")
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def mine_pairs(
+    clean_dir: str, data_dir: str, config: MinedConfig, decontam: DecontamConfig
+) -> tuple[list[MinedPair], Counter]:
+    """The mined pairs (see the module docstring) and the count of what was dropped, by reason."""
+    train_ids, val_ids = set(split_ids(data_dir, "train")), set(split_ids(data_dir, "val"))
+    columns = ["id", "repo", "lang", "content"]
+    documents = [row for table in iter_tables(clean_dir, columns=columns) for row in table.to_pylist()]
+    val_repos = {row["repo"] for row in documents if row["id"] in val_ids}
+    index = benchmark_index(decontam)
+    drops: Counter = Counter()
+    pairs: dict[tuple[str, str], MinedPair] = {}
+    for row in sorted(documents, key=lambda row: row["id"]):
+        if row["id"] not in train_ids or row["repo"] in val_repos or row["lang"] != "python":
+            continue
+        for instruction, response in pairs_from_source(row["content"], config.min_body_lines):
+            if (instruction, response) in pairs:
+                drops["duplicate_pair"] += 1
+            elif index.first_contamination(f"{instruction}\n{response}") is not None:
+                drops["benchmark_overlap"] += 1
+            else:
+                pairs[instruction, response] = MinedPair(instruction, response, row["id"])
+    ranked = sorted(pairs.values(), key=lambda pair: (pair.key, pair.instruction))
+    drops["over_max_pairs"] += max(0, len(ranked) - config.max_pairs)
+    return ranked[: config.max_pairs], drops
