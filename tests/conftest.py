@@ -42,6 +42,8 @@ def mlflow_uri(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.Mo
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # The active experiment is process-global: a previous test may have left one from another store.
+    mlflow.set_experiment("Default")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
