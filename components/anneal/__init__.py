@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +31,7 @@ from components.pretrain import tokenized_input
 from components.report import StageReport
 from components.shards import iter_tables
 from components.train.optim import LinearToZero
-from components.train.plan import BatchSource, TrainPlan
+from components.train.plan import BatchSource, TrainPlan, exported_model_input
 
 if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
     import torch
@@ -89,21 +88,11 @@ def high_quality_ids(clean_dir: str, rule: HighQualityRule, train_ids: list[str]
     return sorted(signals.index[keep])
 
 
-def pretrained_input(io: StageIO) -> Path:
-    """The exported pretrain model (first input), checked to exist."""
-    if not io.inputs:
-        raise StageError("missing --input #1: the pretrained model (models/pretrain)")
-    model_dir = Path(io.inputs[0])
-    if not (model_dir / "training.json").is_file():
-        raise StageError(f"{model_dir}: no training.json (did the pretrain stage finish?)")
-    return model_dir
-
-
 def train_plan(params: Params, io: StageIO) -> TrainPlan:
     """What annealing trains: the pretrained weights, LR from its final value to 0, the HQ mix."""
     from components.tokenize.dataset import TokenDataset
 
-    model_dir = pretrained_input(io)
+    model_dir = exported_model_input(io, "pretrain")
     data_dir = tokenized_input(io, 1)
     if len(io.inputs) < 3:
         raise StageError("missing --input #3: the cleaned shards with quality signals (data/clean)")
@@ -144,7 +133,7 @@ def run(params: Params, io: StageIO) -> StageReport:
     from components.tokenize.dataset import read_index
     from components.train.launch import launch, training_report
 
-    pretrained_input(io)
+    exported_model_input(io, "pretrain")
     data_dir = tokenized_input(io, 1)
     summary = launch("anneal", params, io)
     return training_report("anneal", summary, read_index(data_dir), str(io.output))

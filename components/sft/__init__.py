@@ -19,14 +19,13 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.errors import StageError
 from components.pretrain import tokenized_input
 from components.report import StageReport
 from components.train.optim import Cosine
-from components.train.plan import BatchSource, TrainPlan
+from components.train.plan import BatchSource, TrainPlan, exported_model_input
 
 if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
     import torch
@@ -60,16 +59,6 @@ class StagedBatches:
         """The batch of micro step ``step`` from the stage it falls in."""
         stage = max(k for k, start in enumerate(self.starts) if start <= step)
         return self.sources[stage].batch(step - self.starts[stage], micro_batch, rank, world_size)
-
-
-def annealed_input(io: StageIO) -> Path:
-    """The exported model to tune (first input), checked to exist."""
-    if not io.inputs:
-        raise StageError("missing --input #1: the annealed model (models/anneal)")
-    model_dir = Path(io.inputs[0])
-    if not (model_dir / "training.json").is_file():
-        raise StageError(f"{model_dir}: no training.json (did the anneal stage finish?)")
-    return model_dir
 
 
 def clean_input(io: StageIO) -> str:
@@ -154,7 +143,7 @@ def train_plan(params: Params, io: StageIO) -> TrainPlan:
     from components.sft.data import SftBatches
     from components.tokenize.dataset import load_tokenizer
 
-    model_dir = annealed_input(io)
+    model_dir = exported_model_input(io, "anneal")
     data_dir = tokenized_input(io, 1)
     tokenizer = load_tokenizer(data_dir)
     examples, details = sft_examples(params, io, tokenizer)
@@ -193,7 +182,7 @@ def run(params: Params, io: StageIO) -> StageReport:
     from components.tokenize.dataset import read_index
     from components.train.launch import launch, training_report
 
-    annealed_input(io)
+    exported_model_input(io, "anneal")
     data_dir = tokenized_input(io, 1)
     summary = launch("sft", params, io)
     report = training_report("sft", summary, read_index(data_dir), str(io.output))

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from components.errors import StageError
 
 if TYPE_CHECKING:
     import torch
+
+    from components.stage import StageIO
 
 
 class BatchSource(Protocol):
@@ -49,3 +54,13 @@ class TrainPlan:
     def checkpoint_dir(self) -> str:
         """Resumable checkpoints of this stage, outside the DVC output."""
         return f"{self.output.rstrip('/')}.ckpt"
+
+
+def exported_model_input(io: StageIO, stage: str) -> Path:
+    """The model exported by ``stage`` (the first ``--input``), checked to be a finished export."""
+    if not io.inputs:
+        raise StageError(f"missing --input #1: the exported {stage} model (models/{stage})")
+    model_dir = Path(io.inputs[0])
+    if not (model_dir / "training.json").is_file():
+        raise StageError(f"{model_dir}: no training.json (did the {stage} stage finish?)")
+    return model_dir
