@@ -24,7 +24,7 @@ from components.sft.data import (
     read_conversations,
 )
 from components.sft.mine import mine_pairs, pairs_from_source
-from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
+from components.shards import BASE_SCHEMA, make_document, write_shard
 from components.tokenize.packing import split_paths
 from components.tokenize.tokenizer import to_transformers, train_tokenizer
 from components.train.optim import Cosine
@@ -161,17 +161,7 @@ def _write_split_ids(data_dir: Path, train_ids: list[str], val_ids: list[str]) -
 
 
 def _document(repo: str, path: str, content: str, lang: str = "python") -> dict:
-    return {
-        "id": document_id(repo, path),
-        "repo": repo,
-        "path": path,
-        "lang": lang,
-        "content": content,
-        "size_bytes": len(content.encode()),
-        "sha256": content_sha256(content),
-        "license": "mit",
-        "stars": 1,
-    }
+    return make_document(repo, path, lang, content, license="mit", stars=1)
 
 
 def _function(name: str) -> str:
