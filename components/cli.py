@@ -47,16 +47,23 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from components.summary import format_model_summary, format_summary, load_reports, where_results_are
+    from components.summary import (
+        format_model_summary,
+        format_registry_summary,
+        format_summary,
+        load_reports,
+        read_eval_scores,
+        where_results_are,
+    )
     from components.tracking import tracking_uri
 
     reports = load_reports()
     print(format_summary(reports))
     print()
-    models = format_model_summary(reports)
-    if models:
-        print(models)
-        print()
+    for section in (format_model_summary(reports, read_eval_scores()), format_registry_summary(reports)):
+        if section:
+            print(section)
+            print()
     print(where_results_are(tracking_uri(load_params(args.params))))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +70,58 @@ MODEL_COLUMNS = [
 ]
 
 
-def format_model_summary(reports: dict[str, dict[str, Any]]) -> str:
-    """A table of the model stages (those whose report has ``tokens_trained``); empty if none ran."""
+#: Scores from ``reports/eval.json`` shown beside them: (score, column title, format).
+EVAL_COLUMNS = [
+    ("pass@1", "pass@1", "{:>7.1%}"),
+    ("bpb", "eval bpb", "{:>8.3f}"),
+]
+
+
+def read_eval_scores(path: str | Path = "reports/eval.json") -> dict[str, dict[str, Any]]:
+    """Per model stage scores of the evaluate stage (``{}`` if it has not run)."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")).get("models", {}) if path.exists() else {}
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return fmt.format(value) if value is not None else f"{'-':>{len(fmt.format(0))}}"
+
+
+def format_model_summary(
+    reports: dict[str, dict[str, Any]], eval_scores: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """A table of the model stages (trained, or evaluated): training figures, then HumanEval pass@1 and
+    bits per byte from the evaluate stage; empty if none ran."""
+    eval_scores = eval_scores or {}
     rows = {stage: r.get("metrics") or {} for stage, r in reports.items()}
     rows = {stage: metrics for stage, metrics in rows.items() if "tokens_trained" in metrics}
+    rows.update({stage: {} for stage in eval_scores if stage not in rows})
     if not rows:
         return ""
-    titles = [f"{title:>{len(fmt.format(0))}}" for _, title, fmt in MODEL_COLUMNS]
+    columns = MODEL_COLUMNS + (EVAL_COLUMNS if eval_scores else [])
+    titles = [f"{title:>{len(fmt.format(0))}}" for _, title, fmt in columns]
     lines = [f"{'model':<10} " + " ".join(titles)]
     lines.append("-" * len(lines[0]))
     for stage, metrics in rows.items():
-        cells = [
-            fmt.format(metrics[key]) if metrics.get(key) is not None else f"{'-':>{len(fmt.format(0))}}"
-            for key, _, fmt in MODEL_COLUMNS
-        ]
+        cells = [_cell(metrics.get(key), fmt) for key, _, fmt in MODEL_COLUMNS]
+        if eval_scores:
+            cells += [_cell(eval_scores.get(stage, {}).get(key), fmt) for key, _, fmt in EVAL_COLUMNS]
         lines.append(f"{stage:<10} " + " ".join(cells))
     return "\n".join(lines)
+
+
+def format_registry_summary(reports: dict[str, dict[str, Any]]) -> str:
+    """The registered model version, its aliases and gate outcome, and how to serve the champion."""
+    details = reports.get("register", {}).get("details") or {}
+    if "version" not in details:
+        return ""
+    aliases = ", ".join(details.get("aliases") or []) or "none (gates failed; see reports/register.json)"
+    return "\n".join(
+        [
+            f"registered: models:/{details['model']}/{details['version']}   aliases: {aliases}",
+            f"serve the champion: codemill serve --port 5001   (models:/{details['model']}@champion)",
+        ]
+    )
 
 
 def where_results_are(tracking_uri: str) -> str:

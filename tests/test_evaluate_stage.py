@@ -103,6 +103,13 @@ def test_stage_writes_results_summary_and_settings(workspace: Path, mlflow_uri: 
     assert summary["settings"]["stop"] == params.evaluate.stop
     assert report.metrics["pretrain.pass_at_1"] == scores["pass@1"]
     assert report.metrics["pretrain.bpb"] == scores["bpb"]
+    plot = json.loads((workspace / "reports" / "eval_scores.json").read_text())
+    assert plot == [
+        {
+            "model": "pretrain",
+            **{k: scores[k] for k in ("pass@1", "sampled_pass@1", "sampled_pass@2", "problems", "bpb")},
+        }
+    ]
 
     from components.register.stage import read_eval_metrics
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.report import StageReport
-from components.summary import format_model_summary, format_summary, load_reports, pipeline_stages
+from components.summary import (
+    format_model_summary,
+    format_registry_summary,
+    format_summary,
+    load_reports,
+    pipeline_stages,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -44,3 +50,22 @@ def test_model_table_lists_stages_that_trained() -> None:
     lines = format_model_summary(reports).splitlines()
     assert len(lines) == 3
     assert lines[2].split() == ["pretrain", "614,400", "2.500", "5,321", "-"]
+
+
+def test_model_table_adds_eval_scores_and_evaluated_only_stages() -> None:
+    reports = {"anneal": {"metrics": {"tokens_trained": 1000, "final_val_bpb": 2.0}}}
+    scores = {"anneal": {"pass@1": 0.25, "bpb": 2.1}, "sft": {"pass@1": 0.5, "bpb": 2.3}}
+    lines = format_model_summary(reports, scores).splitlines()
+    assert lines[0].split()[-3:] == ["pass@1", "eval", "bpb"]
+    assert lines[2].split() == ["anneal", "1,000", "2.000", "-", "-", "25.0%", "2.100"]
+    assert lines[3].split() == ["sft", "-", "-", "-", "-", "50.0%", "2.300"]
+
+
+def test_registry_lines_name_version_aliases_and_serve_command() -> None:
+    details = {"model": "codemill-tiny", "version": "3", "aliases": ["challenger", "champion"]}
+    text = format_registry_summary({"register": {"details": details}})
+    assert "models:/codemill-tiny/3" in text and "aliases: challenger, champion" in text
+    assert "codemill serve --port 5001" in text
+    failed = format_registry_summary({"register": {"details": {**details, "aliases": []}}})
+    assert "gates failed" in failed
+    assert format_registry_summary({}) == ""

@@ -36,6 +36,21 @@ def metric_name(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def plot_records(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model stage (``model``, then its numeric scores): the data of the DVC plot."""
+
+    def numeric(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    return [
+        {
+            "model": stage,
+            **{key: value for key, value in scores.items() if numeric(value) and "_at_" not in key},
+        }
+        for stage, scores in models.items()
+    ]
+
+
 def settings(config: EvaluateConfig, seed: int, seq_len: int) -> dict[str, Any]:
     """Every decoding and execution setting the scores depend on."""
     return {
@@ -155,6 +170,8 @@ def run(params: Params, io: StageIO) -> StageReport:
     summary_path = Path(f"{output}.json")
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    plot_path = Path(f"{output}_scores.json")
+    plot_path.write_text(json.dumps(plot_records(summary["models"]), indent=2) + "\n", encoding="utf-8")
     report.details = {"summary": str(summary_path), "settings": summary["settings"]}
     if mlflow.active_run() is not None:
         mlflow.log_params({f"eval.{key}": json.dumps(value) for key, value in summary["settings"].items()})
