@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from components.evaluate.generate import Decoding, extract_code, generate, truncate_at_stop
+from components.evaluate.generate import Decoding, extract_code, generate, prompt_budget, truncate_at_stop
 from components.evaluate.stage import run
 from components.stage import StageIO
 from components.tokenize.tokenizer import load_tokenizer
@@ -67,6 +67,20 @@ def test_batched_left_padded_greedy_matches_one_by_one(workspace: Path) -> None:
     sampled = Decoding(max_new_tokens=12, temperature=0.8, top_p=0.95)
     first = generate(model, tokenizer, prompts, sampled, batch_size=2, seed=3)
     assert first == generate(model, tokenizer, prompts, sampled, batch_size=2, seed=3)
+
+
+def test_long_prompts_keep_their_end_within_the_context(workspace: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = workspace / "models" / "pretrain"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    assert prompt_budget(model, 16) == model.config.max_position_embeddings - 16
+    tail = "def f(x):\n" + "    y = x + 1\n" * 200  # alone longer than the context
+    prompts = ["a = 1\n" * 300 + tail, "import os\n" * 300 + tail]
+    decoding = Decoding(max_new_tokens=16)
+    first, second = generate(model, tokenizer, prompts, decoding, batch_size=1, seed=0)
+    assert first == second  # only the prompts' (identical) last tokens were seen
 
 
 @pytest.mark.slow

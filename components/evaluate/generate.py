@@ -62,6 +62,12 @@ def chat_prompt(tokenizer: Any, prompt: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_budget(model: Any, max_new_tokens: int) -> int:
+    """Prompt tokens that fit beside ``max_new_tokens`` in the model's context (at least a quarter of it)."""
+    context = int(model.config.max_position_embeddings)
+    return max(context - max_new_tokens, context // 4)
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -76,16 +82,26 @@ def generate(
 
     Prompts go in batches of ``batch_size``, left-padded so every row continues from its last token; the
     KV cache is on. Sampling is seeded per batch (``seed + batch index``), so results do not depend on
-    what ran before. ``end_tokens`` (e.g. ``<|im_end|>`` for chat models) also end a row.
+    what ran before. ``end_tokens`` (e.g. ``<|im_end|>`` for chat models) also end a row. A prompt longer
+    than the model's context minus ``max_new_tokens`` keeps only its last tokens (the model sees the end
+    of the prompt, where the signature and docstring are; scoring still uses the whole prompt).
     """
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    max_prompt_tokens = prompt_budget(model, decoding.max_new_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(end_tokens))]
     device = next(model.parameters()).device
     model.eval()
     completions: list[str] = []
     for batch_index, first in enumerate(range(0, len(prompts), batch_size)):
-        batch = tokenizer(list(prompts[first : first + batch_size]), return_tensors="pt", padding=True)
+        batch = tokenizer(
+            list(prompts[first : first + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_prompt_tokens,
+        )
         batch = {name: tensor.to(device) for name, tensor in batch.items() if name != "token_type_ids"}
         prompt_len = batch["input_ids"].shape[1]
         sampling = {"do_sample": False}
