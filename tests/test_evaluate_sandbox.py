@@ -10,12 +10,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from components.evaluate import sandbox
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.humaneval import load_problems, score_samples
-from components.evaluate.sandbox import drops_privileges, run_program
+from components.evaluate.sandbox import drops_privileges, run_program, run_programs
 
 
-@pytest.mark.slow
 def test_canonical_solutions_pass_and_empty_completions_fail() -> None:
     problems = load_problems()
     assert len(problems) == 164
@@ -154,14 +154,96 @@ def test_program_cannot_write_to_the_project_tree(tmp_path: Path) -> None:
     assert sentinel.read_text() == "keep me"
 
 
-def test_environment_is_minimal_and_stdin_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_minimal_and_no_descriptor_is_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid")
     program = textwrap.dedent(
         """
-        import os, sys
+        import os, posix, sys
         assert "AWS_SECRET_ACCESS_KEY" not in os.environ and "HTTPS_PROXY" not in os.environ
         assert sys.stdin.read() == ""
+        assert [posix.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
+        inherited = []
+        for fd in range(4, 1024):  # 3 is the report pipe; nothing of the scorer or the server leaks
+            try:
+                posix.fstat(fd)
+                inherited.append(fd)
+            except OSError:
+                pass
+        assert inherited == [], inherited
         """
     )
     assert run_program(program).passed
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a killed orphan may stay a zombie until init reaps it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+#: Passes only in a clean process: the builtins, json, the environment and an empty cwd, as a fresh fork has.
+CLEAN_CHECK = textwrap.dedent(
+    """
+    import json, posix
+    assert len([1]) == 1 and json.dumps([1]) == "[1]"
+    assert posix.listdir(".") == [] and b"CORRUPTED" not in posix.environ
+    """
+)
+
+
+def _breakers(pid_dir: Path) -> list[tuple[str, str, str]]:
+    """Programs that break their own process or attack the server: (program, kind, message part)."""
+    record = f"import posix\nwith open({str(pid_dir)!r} + '/' + str(posix.getpid()), 'w'): pass\n"
+    return [
+        (
+            "import builtins, json, posix, sys\nopen('left-behind.txt', 'w').close()\n"
+            "builtins.len = json.dumps = None\nposix.environ[b'CORRUPTED'] = b'1'\nsys.modules.clear()\n",
+            "passed",
+            "",
+        ),
+        ("assert 1 == 1\nimport posix\nposix._exit(0)\nassert False", "error", "before the tests finished"),
+        ("import posix\nposix.killpg(0, 9)", "error", "SIGKILL"),
+        ("import posix\nposix.closerange(0, 1024)", "error", "before the tests finished"),
+        (record + "import time\nposix.kill(posix.getppid(), 9)\ntime.sleep(60)", "error", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [pytest.param(True, marks=pytest.mark.skipif(not drops_privileges(), reason="needs root")), False],
+)
+def test_a_program_that_breaks_its_process_or_the_server_costs_only_its_own_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: bool
+) -> None:
+    monkeypatch.setattr(sandbox, "drops_privileges", lambda: drop)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    pid_dir.chmod(0o777)
+    breakers = _breakers(pid_dir)
+    programs = [program for breaker in breakers for program in (breaker[0], CLEAN_CHECK)]
+    results = run_programs([CLEAN_CHECK, *programs], timeout_s=5, workers=1)
+    assert results[0].passed and all(result.passed for result in results[2::2]), results
+    for (_, kind, message), result in zip(breakers, results[1::2], strict=True):
+        assert result.kind == kind and message in result.error, result
+    # Signalling the server: refused under the program's own uid; without one the server dies and is replaced.
+    expected = "PermissionError" if drop else "the sandbox server died"
+    assert expected in results[-2].error
+    (killer,) = [int(path.name) for path in pid_dir.iterdir()]
+    assert not _alive(killer)
+    assert psutil.Process().children(recursive=True) == []
+
+
+def test_a_hung_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without its own uid a program can stop the server: the sandbox gives up after the limit plus grace.
+    monkeypatch.setattr(sandbox, "drops_privileges", lambda: False)
+    monkeypatch.setattr(sandbox, "RUNNER_GRACE_S", 1.0)
+    stopper = "import posix, signal, time\nposix.kill(posix.getppid(), signal.SIGSTOP)\ntime.sleep(60)"
+    started = time.monotonic()
+    results = run_programs([stopper, CLEAN_CHECK], timeout_s=1, workers=1)
+    assert [result.kind for result in results] == ["timeout", "passed"], results
+    assert "sandbox server exceeded" in results[0].error
+    assert time.monotonic() - started < 10
+    assert psutil.Process().children(recursive=True) == []
