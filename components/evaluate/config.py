@@ -41,6 +41,9 @@ class EvaluateConfig(StrictModel):
     data_dir: str = "data/tokenize"
     #: Validation sequences (of model.seq_len tokens) scored for bits per byte.
     bpb_sequences: int = Field(64, ge=1)
+    #: torch intra-op threads on CPU (None: torch's default). A small model generates several times
+    #: faster on one thread, and the other cores run the sandbox.
+    cpu_threads: int | None = Field(1, ge=1)
 
     @field_validator("k")
     @classmethod

@@ -83,16 +83,20 @@ def val_bpb(model: Any, data_dir: Path, seq_len: int, seed: int, sequences: int,
     return nats / (math.log(2) * tokens * stats["bytes"] / stats["tokens"])
 
 
-def evaluate_model(
-    stage: str, model_dir: Path, problems: dict[str, dict], config: EvaluateConfig, seed: int
-) -> tuple[list[dict], dict[str, Any]]:
-    """Generate and score HumanEval completions of one model: per-sample results and the scores."""
+def load_model(model_dir: Path) -> tuple[Any, Any]:
+    """The exported model (fp32, on the GPU when there is one) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     if torch.cuda.is_available():
         model = model.to("cuda")
+    return model, AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def evaluate_model(
+    stage: str, model: Any, tokenizer: Any, problems: dict[str, dict], config: EvaluateConfig, seed: int
+) -> tuple[list[dict], dict[str, Any]]:
+    """Generate and score HumanEval completions of one model: per-sample results and the scores."""
     chat = stage in config.chat_models
     task_ids = list(problems)
     prompts = [problems[task]["prompt"] for task in task_ids]
@@ -141,17 +145,17 @@ def run(params: Params, io: StageIO) -> StageReport:
         problems = dict(list(problems.items())[: config.problems_limit])
     seed, seq_len = params.project.seed, params.model.seq_len
     report = StageReport(stage="evaluate")
+    if not torch.cuda.is_available() and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     all_results: dict[str, list[dict]] = {}
     summary: dict[str, Any] = {"models": {}, "settings": settings(config, seed, seq_len)}
     for stage in config.models:
         model_dir = models_dir / stage
         if not (model_dir / "config.json").exists():
             raise StageError(f"{model_dir}: no exported model (evaluate.models lists {stage!r})")
-        results, scores = evaluate_model(stage, model_dir, problems, config, seed)
+        model, tokenizer = load_model(model_dir)
+        results, scores = evaluate_model(stage, model, tokenizer, problems, config, seed)
         if (data_dir / "index.json").exists():
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
             scores["bpb"] = val_bpb(model, data_dir, seq_len, seed, config.bpb_sequences, config.batch_size)
         for name, value in list(scores.items()):
             if "@" in name:
