@@ -125,10 +125,14 @@ def test_batch_gives_disjoint_sequences_to_ranks(packed: Path) -> None:
             assert batch.dtype == torch.int64 and batch.shape == (micro_batch, SEQ_LEN + 1)
             first = (step * world_size + rank) * micro_batch
             for j in range(micro_batch):
-                assert np.array_equal(batch[j].numpy(), dataset.sequence(first + j))
-                seen[rank].add(first + j)
+                index = dataset.training_index(first + j)
+                assert np.array_equal(batch[j].numpy(), dataset.sequence(index))
+                seen[rank].add(index)
     assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(4 * world_size * micro_batch))
+    # One epoch of training visits every window once, in a shuffled order.
+    epoch = [dataset.training_index(i) for i in range(len(dataset))]
+    assert sorted(epoch) == list(range(len(dataset))) and epoch != sorted(epoch)
+    assert all(dataset.training_index(len(dataset) + i) >= len(dataset) for i in range(len(dataset)))
     # A resumed run (new instance) at step 2 sees the same batch.
     resumed = TokenDataset(packed, "train", SEQ_LEN, seed=3)
     assert torch.equal(

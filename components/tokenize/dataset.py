@@ -56,6 +56,7 @@ class EpochLayout:
     order: np.ndarray
     offsets: np.ndarray  # start of each position in the epoch's token stream, plus the total at the end
     replaced: dict[int, np.ndarray]
+    windows: np.ndarray | None = None  # training order of the epoch's windows (None: stream order)
 
     @property
     def total(self) -> int:
@@ -159,13 +160,24 @@ class TokenDataset:
         epoch, position = divmod(index, self._length)
         return self._gather(self._epoch(epoch), position * self.window)
 
+    def training_index(self, index: int) -> int:
+        """The sequence (as ``sequence`` numbers them) that training visits ``index``-th.
+
+        With shuffling, each epoch visits its windows in a seeded permutation, so a micro-batch mixes
+        windows from across the corpus instead of consecutive pieces of one or two documents.
+        """
+        epoch, position = divmod(index, self._length)
+        windows = self._epoch(epoch).windows
+        return epoch * self._length + (int(windows[position]) if windows is not None else position)
+
     def batch(self, step: int, micro_batch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        """LongTensor ``(micro_batch, seq_len + 1)``; row j: ``(step * world_size + rank) * micro_batch + j``.
+        """LongTensor ``(micro_batch, seq_len + 1)``; row j: ``training_index((step * world_size + rank)
+        * micro_batch + j)``.
 
         Data-parallel ranks get disjoint sequences, and a run resumed at ``step`` gets the same batches.
         """
         first = (step * world_size + rank) * micro_batch
-        rows = [self.sequence(first + j) for j in range(micro_batch)]
+        rows = [self.sequence(self.training_index(first + j)) for j in range(micro_batch)]
         return torch.from_numpy(np.stack(rows))
 
     def _epoch(self, epoch: int) -> EpochLayout:
@@ -199,7 +211,10 @@ class TokenDataset:
                     replaced[positions[k]] = joined.astype(self.tokens.dtype)
                     lengths[positions[k]] = len(replaced[positions[k]])
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return EpochLayout(order=order, offsets=offsets, replaced=replaced)
+        windows = (
+            np.random.default_rng([self.seed, epoch, 1]).permutation(self._length) if self.shuffle else None
+        )
+        return EpochLayout(order=order, offsets=offsets, replaced=replaced, windows=windows)
 
     def _gather(self, layout: EpochLayout, start: int) -> np.ndarray:
         """``seq_len + 1`` tokens of the epoch's stream from ``start`` (wrapping around at its end)."""
