@@ -61,6 +61,10 @@ class ExecutorConfig(StrictModel):
 
     workers: int = Field(2, ge=1)
     address: str | None = None
+    #: Scratch space of multi-step stages (dedup's per-shard MinHash features): a path every worker can
+    #: read (shared filesystem or ``s3://``). ``null``: a local temporary directory (the local pool, or a
+    #: Dask cluster on this machine).
+    work_dir: str | None = None
 
 
 class DataConfig(StrictModel):

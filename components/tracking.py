@@ -196,4 +196,5 @@ def log_stage_result(report: StageReport, report_path: str, inputs: list[str], o
     for path in outputs:
         digest = dvc_md5(path)
         _log_dataset(path, "output", digest)
-        mlflow.set_tag(f"{TAG_OUT_MD5}.{path}", digest)
+        # MLflow rejects "//" in tag names: an s3:// output is tagged dvc.md5.s3:/bucket/prefix.
+        mlflow.set_tag(f"{TAG_OUT_MD5}.{path.replace('://', ':/')}", digest)

@@ -67,3 +67,126 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
         else:
             path.write_text(content, encoding="utf-8")
     return root
+
+
+def project_files() -> list[str]:
+    """The project's files a user's checkout has (tracked or not ignored), without tests, bench and docs."""
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [
+        f for f in listed if not f.startswith(("tests/", "bench/", "docs/")) and (PROJECT_ROOT / f).is_file()
+    ]
+
+
+def run_checked(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run ``cmd``; fail the test with the end of its output if it fails. Returns stdout + stderr."""
+    import subprocess
+
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout + result.stderr
+
+
+def make_dvc_project(
+    root: Path, params: dict[str, Any] | None = None, stages: list[str] | None = None
+) -> dict[str, str]:
+    """A git+DVC copy of the project in ``root``, committed; returns the environment to run it with.
+
+    ``params`` sections replace those of params.yaml (``{"ingest": {...}}``, merged one level deep);
+    ``stages`` keeps only those stages of dvc.yaml.
+    """
+    import sys
+
+    import yaml
+
+    for relative in project_files():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / relative, root / relative)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    for name, value in (params or {}).items():
+        raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if stages is not None:
+        dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
+        dvc_yaml["stages"] = {name: dvc_yaml["stages"][name] for name in stages}
+        (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("CODEMILL_PARENT_RUN_ID", None)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        run_checked(cmd, root, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1 (``moto_server``) for one test module; yields its URL.
+
+    Sets the standard AWS_* environment (endpoint, keys, region) that s3fs/boto3 read, and restores it
+    after the module. Create buckets with ``boto3.client("s3").create_bucket(Bucket=...)``.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import s3fs
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"moto_server exited with {server.returncode}"
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"moto_server did not answer on {url} within 60 s"
+                time.sleep(0.2)
+        environment = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            s3fs.S3FileSystem.clear_instance_cache()  # cached instances may hold another endpoint
+            yield url
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)

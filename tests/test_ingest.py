@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -431,47 +429,13 @@ def test_site_packages_source_has_one_repo_per_distribution(tmp_path: Path) -> N
     assert report.files_out == len(rows) > 5
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server with a ``corpus`` bucket; credentials in AWS_* env, the endpoint URL yielded."""
-    import boto3
-    import s3fs
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="corpus")
-        yield url
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.terminate()
-        server.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_files_source_reads_s3(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
     import datasets
 
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="corpus")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # first from params only
     options = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": s3_endpoint}}
     _write_stack_parquet(tmp_path / "stack.parquet", STACK_ROWS[:1])
     boto3.client("s3", endpoint_url=s3_endpoint).upload_file(

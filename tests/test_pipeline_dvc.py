@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -15,33 +12,12 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import make_dvc_project, run_checked
 
 pytestmark = pytest.mark.slow
 
 DATA_STAGES = ["ingest", "curate", "dedup", "clean", "validate"]
 DATA_OUTPUTS = ["data/ingest", "data/curate", "data/dedup", "data/clean"]
-
-
-def _project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [
-        f for f in listed if not f.startswith(("tests/", "bench/", "docs/")) and (PROJECT_ROOT / f).is_file()
-    ]
-
-
-def _sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout + result.stderr
 
 
 def _ran(output: str) -> list[str]:
@@ -61,10 +37,6 @@ def _hashes(root: Path) -> dict[str, str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git+DVC copy of the project with a small real corpus: stdlib files plus planted copies."""
     root = tmp_path_factory.mktemp("project")
-    for relative in _project_files():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / relative, root / relative)
-
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     originals = ["argparse.py", "textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py"]
     for name in originals:
@@ -73,39 +45,21 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         (root / "corpus/fork_a" / name).write_text(text, encoding="utf-8")  # exact copy
         (root / "corpus/fork_b").mkdir(parents=True, exist_ok=True)
         (root / "corpus/fork_b" / name).write_text(text.replace("def ", "def  ", 1) + "\n# fork b\n")
-
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["ingest"]["sources"] = [
+    sources = [
         {"kind": "python-stdlib", "name": "stdlib"},
         {"kind": "local", "name": "forks", "paths": ["corpus"]},
     ]
-    params["ingest"]["max_files"] = 220
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("CODEMILL_PARENT_RUN_ID", None)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ):
-        _sh(cmd, root, env)
+    env = make_dvc_project(root, params={"ingest": {"sources": sources, "max_files": 220}})
     return root, env
 
 
 def test_repro_runs_every_data_stage_then_nothing(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
-    first = _sh(["dvc", "repro", "validate"], root, env)
+    first = run_checked(["dvc", "repro", "validate"], root, env)
     assert _ran(first) == DATA_STAGES
-    second = _sh(["dvc", "repro", "validate"], root, env)
+    second = run_checked(["dvc", "repro", "validate"], root, env)
     assert _ran(second) == []
-    status = _sh(["dvc", "status", "validate"], root, env)
+    status = run_checked(["dvc", "status", "validate"], root, env)
     assert "up to date" in status
 
     reports = {s: json.loads((root / "reports" / f"{s}.json").read_text()) for s in DATA_STAGES}
@@ -139,15 +93,15 @@ def test_param_change_reruns_only_the_affected_stages(project: tuple[Path, dict[
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dedup"]["level"] = "exact"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    output = _sh(["dvc", "repro", "validate"], root, env)
+    output = run_checked(["dvc", "repro", "validate"], root, env)
     assert _ran(output) == ["dedup", "clean", "validate"]
-    _sh(["git", "checkout", "params.yaml"], root, env)
-    _sh(["dvc", "repro", "validate"], root, env)
+    run_checked(["git", "checkout", "params.yaml"], root, env)
+    run_checked(["dvc", "repro", "validate"], root, env)
 
 
 def test_dvc_experiment_over_dedup_level(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
-    _sh(["dvc", "exp", "run", "-n", "dedup-repo", "-S", "dedup.level=repo", "validate"], root, env)
+    run_checked(["dvc", "exp", "run", "-n", "dedup-repo", "-S", "dedup.level=repo", "validate"], root, env)
     shown = subprocess.run(
         ["dvc", "exp", "show", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True
     ).stdout
@@ -155,14 +109,14 @@ def test_dvc_experiment_over_dedup_level(project: tuple[Path, dict[str, str]]) -
     (experiment,) = [exp for exp in experiments if exp.get("name") == "dedup-repo"]
     (revision,) = experiment["revs"]
     assert revision["data"]["params"]["params.yaml"]["data"]["dedup"]["level"] == "repo"
-    assert "dedup-repo" in _sh(["dvc", "exp", "show", "--csv"], root, env)
+    assert "dedup-repo" in run_checked(["dvc", "exp", "show", "--csv"], root, env)
 
 
 def test_rerun_from_scratch_is_byte_identical(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
-    _sh(["git", "checkout", "params.yaml"], root, env)
-    _sh(["dvc", "repro", "validate"], root, env)
+    run_checked(["git", "checkout", "params.yaml"], root, env)
+    run_checked(["dvc", "repro", "validate"], root, env)
     before = _hashes(root)
     assert len(before) >= 4
-    _sh(["dvc", "repro", "--force", "--no-run-cache", "validate"], root, env)
+    run_checked(["dvc", "repro", "--force", "--no-run-cache", "validate"], root, env)
     assert _hashes(root) == before

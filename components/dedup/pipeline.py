@@ -6,7 +6,8 @@
    (permissive licence > stars > smallest repo/path), exact copies are grouped, LSH buckets of each band
    give candidate pairs (optionally rechecked with exact Jaccard), and an array union-find forms clusters
    whose smallest unit number is the survivor. Only a few numbers per document are held here; one
-   band of signatures at a time.
+   band of signatures at a time. The LSH and union-find steps run where the per-shard work runs (with
+   ``executor.address``: each as one task on a Dask worker, bounded by its memory limit).
 3. Per shard (workers): write the kept rows with ``dup_cluster`` / ``dup_cluster_size``, same shard names.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,9 +41,10 @@ from components.dedup.minhash import (
     shingle_sets,
 )
 from components.errors import StageError
-from components.executor import map_shards
+from components.executor import map_shards, run_one
 from components.report import StageReport
 from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes, write_shard
+from components.storage import load_array, load_rows, save_array, work_directory
 
 if TYPE_CHECKING:  # components.config imports components.dedup.config: no runtime import back
     from components.config import Params
@@ -90,7 +91,7 @@ class FeatureTask:
     """Inputs of :func:`shard_features` for one shard."""
 
     shard: str
-    #: Work-directory path prefix of this shard's ``.npy`` files.
+    #: Work-directory path prefix of this shard's ``.npy`` files (local, shared or ``s3://``).
     prefix: str
     near: bool
     ngram: int
@@ -140,9 +141,9 @@ def shard_features(task: FeatureTask) -> ShardFeatures:
     if task.near:
         shingles, offsets = shingle_sets(contents, task.ngram, task.seed)
         has_shingles = np.diff(offsets) > 0
-        np.save(shingles_path(task.prefix), shingles)
-        np.save(offsets_path(task.prefix), offsets)
-        np.save(
+        save_array(shingles_path(task.prefix), shingles)
+        save_array(offsets_path(task.prefix), offsets)
+        save_array(
             signature_path(task.prefix), MinHasher(task.num_perm, task.seed).signatures(shingles, offsets)
         )
     return ShardFeatures(
@@ -175,7 +176,7 @@ def pair_similarities(task: JaccardTask) -> np.ndarray:
     @functools.cache
     def shard_arrays(shard: int) -> tuple[np.ndarray, np.ndarray]:
         prefix = task.prefixes[shard]
-        return np.load(shingles_path(prefix), mmap_mode="r"), np.load(offsets_path(prefix))
+        return load_array(shingles_path(prefix)), np.asarray(load_array(offsets_path(prefix)))
 
     def document_shingles(doc: int) -> np.ndarray:
         shard = int(np.searchsorted(task.shard_bounds, doc, side="right")) - 1
@@ -337,26 +338,38 @@ def repo_units(docs: ShardFeatures) -> Units:
 
 
 def band_block(prefixes: tuple[str, ...], first_row: int, rows: int) -> np.ndarray:
-    """(rows, n_docs) signature rows ``first_row:first_row + rows`` of every shard, memory-mapped."""
-    blocks = [
-        np.load(signature_path(prefix), mmap_mode="r")[first_row : first_row + rows] for prefix in prefixes
-    ]
+    """(rows, n_docs) signature rows ``first_row:first_row + rows`` of every shard (local: memory-mapped)."""
+    blocks = [load_rows(signature_path(prefix), first_row, first_row + rows) for prefix in prefixes]
     return np.concatenate(blocks, axis=1)
 
 
-def lsh_candidates(corpus: Corpus, units: Units, eligible: np.ndarray, bands: int, rows: int) -> np.ndarray:
+@dataclass(frozen=True)
+class CandidateTask:
+    """Inputs of :func:`lsh_candidates`: a few numbers per document, sent to a worker as one task."""
+
+    prefixes: tuple[str, ...]
+    #: Documents grouped by unit (CSR, :attr:`Units.members`).
+    member_docs: np.ndarray
+    member_bounds: np.ndarray
+    #: Units that take part (have shingles and are not an exact copy of a preferred unit).
+    eligible: np.ndarray
+    bands: int
+    rows: int
+
+
+def lsh_candidates(task: CandidateTask) -> np.ndarray:
     """Pairs of eligible units sharing an LSH bucket in at least one band.
 
     A unit's signature is the minimum over its documents' signatures (the MinHash of the union of their
-    shingles), computed one band at a time.
+    shingles), computed one band at a time: memory is one band of signatures plus the pairs found.
     """
-    docs, bounds = units.members
-    eligible_units = np.flatnonzero(eligible)
+    docs, bounds, rows = task.member_docs, task.member_bounds, task.rows
+    eligible_units = np.flatnonzero(task.eligible)
     if len(eligible_units) < 2:
         return NO_PAIRS
     pairs = []
-    for band in range(bands):
-        block = band_block(corpus.prefixes, band * rows, rows)
+    for band in range(task.bands):
+        block = band_block(task.prefixes, band * rows, rows)
         unit_rows = np.minimum.reduceat(block[:, docs], bounds[:-1], axis=1)
         keys = band_hashes(unit_rows[:, eligible_units])
         pairs.append(bucket_pairs(keys, eligible_units, ALL_PAIRS_MAX_BUCKET))
@@ -411,7 +424,9 @@ def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
         details.update(bands=bands, rows=rows)
         representative = units.has_shingles.copy()
         representative[exact_pairs[:, 1]] = False  # exact copies share their group's signature
-        candidates = lsh_candidates(corpus, units, representative, bands, rows)
+        members, bounds = units.members
+        candidate_task = CandidateTask(corpus.prefixes, members, bounds, representative, bands, rows)
+        candidates = run_one(lsh_candidates, candidate_task, params.executor)
         near_pairs = candidates
         if config.verify_jaccard and len(candidates):
             tasks = jaccard_tasks(corpus, units, candidates)
@@ -422,7 +437,8 @@ def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
             near_duplicate_pairs=len(near_pairs),
             jaccard_false_positives=len(candidates) - len(near_pairs),
         )
-    roots = connected_components(units.count, np.concatenate([exact_pairs, near_pairs]))
+    union_find = functools.partial(connected_components, units.count)
+    roots = run_one(union_find, np.concatenate([exact_pairs, near_pairs]), params.executor)
     cluster_sizes = np.bincount(roots, minlength=units.count)
     metrics["duplicate_clusters"] = int(np.sum(cluster_sizes > 1))
 
@@ -453,7 +469,7 @@ def check_io(io: StageIO) -> tuple[str, str]:
 
 def extract_corpus(shards: list[str], work_dir: str, config: DedupConfig, params: Params) -> Corpus:
     """Map :func:`shard_features` over the shards and gather the per-document arrays."""
-    prefixes = tuple(str(Path(work_dir) / f"{index:05d}") for index in range(len(shards)))
+    prefixes = tuple(f"{work_dir.rstrip('/')}/{index:05d}" for index in range(len(shards)))
     patterns = tuple(pattern.lower() for pattern in config.permissive_licenses)
     tasks = [
         FeatureTask(
@@ -502,7 +518,7 @@ def run(params: Params, io: StageIO) -> StageReport:
     shards = list_shards(input_dir)
     report = StageReport(stage="dedup")
     corpus = decisions = None
-    with tempfile.TemporaryDirectory(prefix="codemill-dedup-") as work_dir:
+    with work_directory(params.executor.work_dir, prefix="codemill-dedup-") as work_dir:
         if config.level != "none":
             corpus = extract_corpus(shards, work_dir, config, params)
             decisions = decide(corpus, config, params)
