@@ -3,7 +3,8 @@
 - ``map_shards`` with ``executor.address``: results in input order, computed on the workers; a task's
   exception reaches the stage with its shard named; an unreachable scheduler is a clear StageError.
 - ingest, curate, dedup (its LSH and union-find steps as cluster tasks) and clean write byte-identical
-  shards to the local executor's.
+  shards to the local executor's; tokenize (its scan and encode steps as cluster tasks) writes
+  byte-identical token files.
 - A worker killed mid-task: the stage fails with WorkerLostError, or Dask reruns the task on another
   worker when its allowed-failures permit; the output is then either absent/unchanged or complete.
 """
@@ -145,6 +146,15 @@ def shard_hashes(directory: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())}
 
 
+def tree_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (recursively), by relative path."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Standard-library files in one repo, exact and near copies of half of them in two forks."""
@@ -272,3 +282,20 @@ def test_worker_killed_mid_stage_never_leaves_a_partial_output(
         run_killing("kill-3")
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["dedup"]
     assert shard_hashes(output) == shard_hashes(local_run / "dedup")
+
+
+def test_tokenize_on_dask_writes_the_same_files_as_the_local_executor(
+    client: Client, local_run: Path, tmp_path: Path
+) -> None:
+    clean = [str(local_run / "clean")]
+    settings = {"vocab_size": 400, "val_fraction": 0.3, "metadata_rate": 0.5}
+    local = make_params(tokenize=settings, executor={"workers": 1})
+    run_stage_fn("tokenize", local, clean, tmp_path / "local")
+    on_cluster = make_params(tokenize=settings, executor={"address": client.scheduler.address})
+    with get_task_stream(client=client) as stream:
+        report = run_stage_fn("tokenize", on_cluster, clean, tmp_path / "dask")
+    assert {"scan_shard", "encode_shard"} <= {str(task["key"]).split("-")[0] for task in stream.data}
+    assert report.metrics["tokens.train"] > 0 and report.metrics["tokens.val"] > 0
+    local_files = tree_hashes(tmp_path / "local")
+    assert {"train.bin", "val.bin", "index.json", "tokenizer/tokenizer.json"} <= set(local_files)
+    assert tree_hashes(tmp_path / "dask") == local_files

@@ -17,9 +17,9 @@ import yaml
 from components.config import ParamsError
 from components.errors import StageError
 from components.report import StageReport
-from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
+from components.shards import BASE_SCHEMA, content_sha256, document_id, list_shards, write_shard
 from components.stage import StageIO
-from components.tokenize import run
+from components.tokenize import pipeline, run
 from components.tokenize.packing import metadata_length, split_repos, token_dtype, wants_metadata
 from components.tokenize.tokenizer import SPECIAL_TOKENS, TokenCodec, load_tokenizer, train_tokenizer
 from tests.conftest import PROJECT_ROOT, make_params
@@ -93,9 +93,11 @@ def write_clean_shards(directory: Path, documents: dict[tuple[str, str], str], s
     return directory
 
 
-def tokenize(input_dir: Path, output: Path, **tokenize_params: object) -> StageReport:
-    """Run the stage with a small vocabulary (other ``tokenize`` keys as given)."""
-    params = make_params(tokenize={"vocab_size": 400, **tokenize_params})
+def tokenize(
+    input_dir: Path, output: Path, executor: dict[str, object] | None = None, **tokenize_params: object
+) -> StageReport:
+    """Run the stage with a small vocabulary (other ``tokenize`` keys as given), by default in-process."""
+    params = make_params(tokenize={"vocab_size": 400, **tokenize_params}, executor=executor or {"workers": 1})
     return run(params, StageIO([str(input_dir)], str(output)))
 
 
@@ -128,6 +130,8 @@ def test_tokenizer_training_is_deterministic() -> None:
     texts = list(corpus().values())
     first = train_tokenizer(texts, vocab_size=450, min_frequency=2).to_str()
     assert train_tokenizer(texts, vocab_size=450, min_frequency=2).to_str() == first
+    # The order of the texts does not matter: the stage streams the training split shard by shard.
+    assert train_tokenizer(reversed(texts), vocab_size=450, min_frequency=2).to_str() == first
     other = [*texts, "zebra_quux = 'xylophone'\n" * 50]
     assert train_tokenizer(other, vocab_size=450, min_frequency=2).to_str() != first
 
@@ -255,6 +259,46 @@ def test_stage_needs_two_repos(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         tokenize(tmp_path / "missing", tmp_path / "out")
+
+
+def test_output_is_byte_identical_across_workers_batches_and_sharding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents = corpus(repos=6, files=2)
+    settings = {"val_fraction": 0.3, "metadata_rate": 0.5}
+    three = write_clean_shards(tmp_path / "three", documents, shards=3)
+    tokenize(three, tmp_path / "one_worker", **settings)
+    expected = output_files(tmp_path / "one_worker")
+    assert {"train.bin", "val.bin", "index.json", "tokenizer/tokenizer.json"} <= set(expected)
+
+    tokenize(three, tmp_path / "two_workers", executor={"workers": 2}, **settings)
+    assert output_files(tmp_path / "two_workers") == expected
+
+    monkeypatch.setattr(pipeline, "BATCH_CONTENT_BYTES", 1)  # one shard per map_shards call
+    tokenize(three, tmp_path / "batched", **settings)
+    assert output_files(tmp_path / "batched") == expected
+    single = write_clean_shards(tmp_path / "single", documents, shards=1)
+    tokenize(single, tmp_path / "single_out", **settings)
+    assert output_files(tmp_path / "single_out") == expected  # global (repo, path) order, whatever the shards
+    assert not list(tmp_path.glob("**/*.spool"))
+
+
+def test_tokenizer_sample_takes_training_documents_in_id_order_up_to_train_bytes(tmp_path: Path) -> None:
+    documents = corpus(repos=4, files=3)
+    clean = write_clean_shards(tmp_path / "clean", documents, shards=3)
+    scans = [pipeline.scan_shard(shard) for shard in list_shards(str(clean))]
+    val_repos = frozenset({"org-1/project-1"})
+    train = sorted(
+        (document_id(repo, path), text)
+        for (repo, path), text in documents.items()
+        if text and repo not in val_repos
+    )
+    shards = list_shards(str(clean))
+    budget = sum(len(text.encode("utf-8")) for _, text in train[:5])
+    assert list(pipeline.tokenizer_texts(shards, scans, val_repos, budget)) == [t for _, t in train[:5]]
+    assert list(pipeline.tokenizer_texts(shards, scans, val_repos, 1)) == [train[0][1]]  # at least one
+    everything = list(pipeline.tokenizer_texts(shards, scans, val_repos, None))
+    assert sorted(everything) == sorted(text for _, text in train)
 
 
 @pytest.mark.slow

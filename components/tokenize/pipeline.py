@@ -1,39 +1,56 @@
 """The tokenize stage: train the tokenizer on the training split and pack both splits into token files.
 
-Steps: read every document of the input shards, sorted by (repo, path); hold out whole repos for
-validation (:func:`~components.tokenize.packing.split_repos`); train byte-level BPE on the training
-split; encode training documents (a StarCoder metadata prefix on a ``metadata_rate`` share) and
-validation documents (never a prefix, never FIM, so bits-per-byte compares across runs); write
-``<out>/tokenizer/`` (Hugging Face format), the split files and ``<out>/index.json``.
+Steps, the per-shard ones mapped with :func:`~components.executor.map_shards` (a local process pool, or
+the Dask cluster when ``executor.address`` is set):
 
-The documents are held in memory and encoded with the tokenizer's Rust threads rather than mapped per
-shard: the tokenizer must see the whole training split first, and the outputs are global arrays.
-FIM is not applied here but per epoch by :class:`components.tokenize.dataset.TokenDataset`.
+1. per shard, :func:`scan_shard`: counts, and the id, repo and UTF-8 size of every non-empty document;
+2. global, in the stage process: hold out whole repos for validation
+   (:func:`~components.tokenize.packing.split_repos`) and train byte-level BPE on the training split,
+   streamed shard by shard (BPE training does not depend on the order of its texts), or on its first
+   ``train_bytes`` in id order;
+3. per shard, :func:`encode_shard`: encode training documents (a StarCoder metadata prefix on a
+   ``metadata_rate`` share) and validation documents (never a prefix, never FIM, so bits-per-byte
+   compares across runs), returned as one flat token array per split plus per-document facts;
+4. the stage appends each shard's tokens to a spool file per split in shard order, so it holds one batch
+   of shards' tokens at a time (:data:`BATCH_CONTENT_BYTES`), then writes ``<out>/tokenizer/``
+   (Hugging Face format), the split files with documents sorted by (repo, path) across shards, and
+   ``<out>/index.json``.
+
+The output is byte-identical whichever executor ran it and however the input is cut into shards (ties
+on (repo, path) keep shard order). FIM is not applied here but per epoch by
+:class:`components.tokenize.dataset.TokenDataset`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from tokenizers import Tokenizer
 
 from components.errors import StageError
+from components.executor import map_shards
 from components.report import StageReport
-from components.shards import atomic_output_dir, iter_tables, list_shards, table_bytes
+from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes
 from components.tokenize.packing import (
     INDEX_FILE,
     SPLITS,
     Document,
     encode_documents,
     metadata_length,
+    split_paths,
     split_repos,
     token_dtype,
     wants_metadata,
-    write_split,
+    write_split_index,
 )
 from components.tokenize.tokenizer import TOKENIZER_DIR, TokenCodec, to_transformers, train_tokenizer
 
@@ -42,55 +59,217 @@ if TYPE_CHECKING:  # components.config imports this package's config: no runtime
     from components.stage import StageIO
 
 INDEX_FORMAT = 1
-COLUMNS = ["id", "repo", "path", "content", "stars", "size_bytes"]
+COLUMNS = ["id", "repo", "path", "content", "stars"]
 EMPTY_CONTENT = "empty_content"
+#: Content bytes of the shards encoded per ``map_shards`` call: bounds the tokens the stage holds at once.
+BATCH_CONTENT_BYTES = 256 * 2**20
 
 
-def read_documents(directory: str, report: StageReport) -> list[Document]:
-    """Every non-empty document of the shards in ``directory``, sorted by (repo, path)."""
-    tables = list(iter_tables(directory, columns=COLUMNS))
-    table = pa.concat_tables(tables).sort_by([("repo", "ascending"), ("path", "ascending")])
-    report.files_in = table.num_rows
-    report.bytes_in = table_bytes(table)
-    documents = []
-    for row in table.to_pylist():
-        if not row["content"]:
-            report.count_drop(EMPTY_CONTENT)
-            continue
-        documents.append(Document(row["id"], row["repo"], row["path"], row["content"], row["stars"]))
-    return documents
+def non_empty(table: pa.Table) -> pa.Table:
+    """The rows of ``table`` with content, in order, plus a ``content_bytes`` column (UTF-8 bytes)."""
+    sizes = pc.fill_null(pc.binary_length(table["content"]), 0)
+    return table.append_column("content_bytes", sizes).filter(pc.greater(sizes, 0))
 
 
-def tokenizer_sample(documents: list[Document], max_bytes: int | None) -> list[str]:
-    """Texts to train the tokenizer on: all, or the documents in id order up to ``max_bytes``."""
+def read_documents(shard: str, columns: Sequence[str]) -> pa.Table:
+    """The non-empty documents of ``shard`` (``columns``, ``content`` and ``content_bytes``), in order."""
+    return non_empty(read_shard(shard, columns=list(dict.fromkeys([*columns, "content"]))))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardScan:
+    """What the global steps need of one shard: counts, and each non-empty document's id, repo and size."""
+
+    rows: int
+    bytes_in: int
+    ids: list[str]
+    repos: list[str]
+    sizes: list[int]
+
+    @property
+    def empty(self) -> int:
+        """Documents dropped for empty content."""
+        return self.rows - len(self.ids)
+
+
+def scan_shard(shard: str) -> ShardScan:
+    """Count one shard's rows and content bytes; list its non-empty documents (module-level: mapped)."""
+    table = read_shard(shard, columns=["id", "repo", "content", "size_bytes"])
+    kept = non_empty(table)
+    return ShardScan(
+        rows=table.num_rows,
+        bytes_in=table_bytes(table),
+        ids=kept["id"].to_pylist(),
+        repos=kept["repo"].to_pylist(),
+        sizes=kept["content_bytes"].to_pylist(),
+    )
+
+
+def tokenizer_texts(
+    shards: Sequence[str], scans: Sequence[ShardScan], val_repos: frozenset[str], max_bytes: int | None
+) -> Iterator[str]:
+    """Texts to train the tokenizer on: every training document, or those in id order up to ``max_bytes``.
+
+    Every document is streamed shard by shard. A sample is the training documents sorted by id (ties in
+    shard order), taken until the next would pass ``max_bytes`` (at least one).
+    """
     if max_bytes is None:
-        return [document.content for document in documents]
-    texts, total = [], 0
-    for document in sorted(documents, key=lambda d: d.id):
-        size = len(document.content.encode("utf-8"))
-        if texts and total + size > max_bytes:
+        for shard in shards:
+            table = read_documents(shard, ["repo"])
+            for repo, content in zip(table["repo"].to_pylist(), table["content"].to_pylist(), strict=True):
+                if repo not in val_repos:
+                    yield content
+        return
+    ranked = sorted(
+        (doc_id, shard_index, row, size)
+        for shard_index, scan in enumerate(scans)
+        for row, (doc_id, repo, size) in enumerate(zip(scan.ids, scan.repos, scan.sizes, strict=True))
+        if repo not in val_repos
+    )
+    chosen, total = [], 0
+    for _, shard_index, row, size in ranked:
+        if chosen and total + size > max_bytes:
             break
-        texts.append(document.content)
+        chosen.append((shard_index, row))
         total += size
-    return texts
+    rows_by_shard: dict[int, list[int]] = {}
+    for shard_index, row in chosen:
+        rows_by_shard.setdefault(shard_index, []).append(row)
+    contents: dict[tuple[int, int], str] = {}
+    for shard_index, rows in sorted(rows_by_shard.items()):
+        shard_contents = read_documents(shards[shard_index], [])["content"]
+        contents.update({(shard_index, row): shard_contents[row].as_py() for row in rows})
+    yield from (contents[key] for key in chosen)
 
 
-def split_stats(documents: list[Document], tokens: list[np.ndarray], codec: TokenCodec) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class EncodeTask:
+    """One shard to encode with the trained tokenizer (picklable: runs in a worker or on the cluster)."""
+
+    shard: str
+    tokenizer_json: str
+    val_repos: frozenset[str]
+    seed: int
+    metadata_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSplit:
+    """One split's documents of one shard, in shard order: tokens concatenated, per-document facts."""
+
+    tokens: np.ndarray  # every document's tokens (prefix, content, EOS), in the split file's dtype
+    lengths: np.ndarray  # tokens per document (int64)
+    prefix_lengths: np.ndarray  # metadata prefix tokens per document (int64, 0 without one)
+    doc_bytes: np.ndarray  # UTF-8 bytes of each content (int64)
+    chars: np.ndarray  # characters of each content (int64)
+    ids: list[str]
+    repos: list[str]
+    paths: list[str]
+
+
+@functools.lru_cache(maxsize=1)
+def codec_of(tokenizer_json: str) -> TokenCodec:
+    """The codec of a serialized tokenizer (cached: a worker encodes many shards with the same one)."""
+    return TokenCodec(Tokenizer.from_str(tokenizer_json))
+
+
+def encode_shard(task: EncodeTask) -> dict[str, EncodedSplit]:
+    """Encode one shard's non-empty documents, grouped by split (module-level: mapped over shards)."""
+    codec = codec_of(task.tokenizer_json)
+    dtype = token_dtype(codec.vocab_size)
+    rows = read_documents(task.shard, COLUMNS).to_pylist()
+    encoded = {}
+    for split in SPLITS:
+        chosen = [row for row in rows if (row["repo"] in task.val_repos) == (split == "val")]
+        documents = [Document(r["id"], r["repo"], r["path"], r["content"], r["stars"]) for r in chosen]
+        metadata = [
+            split == "train" and wants_metadata(d.id, task.seed, task.metadata_rate) for d in documents
+        ]
+        tokens = encode_documents(codec, documents, metadata)
+        encoded[split] = EncodedSplit(
+            tokens=np.concatenate(tokens).astype(dtype) if tokens else np.zeros(0, dtype=dtype),
+            lengths=np.array([len(t) for t in tokens], dtype=np.int64),
+            prefix_lengths=np.array(
+                [metadata_length(t, codec.special, codec.newline_id) for t in tokens], dtype=np.int64
+            ),
+            doc_bytes=np.array([row["content_bytes"] for row in chosen], dtype=np.int64),
+            chars=np.array([len(d.content) for d in documents], dtype=np.int64),
+            ids=[d.id for d in documents],
+            repos=[d.repo for d in documents],
+            paths=[d.path for d in documents],
+        )
+    return encoded
+
+
+class SplitSpool:
+    """A split's encoded documents in arrival order: tokens appended to a file, facts kept in memory."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype = path, dtype
+        self.path.write_bytes(b"")
+        self.parts: list[EncodedSplit] = []
+
+    def add(self, part: EncodedSplit) -> None:
+        """Append one shard's part (its tokens go to the spool file, not memory)."""
+        with self.path.open("ab") as handle:
+            part.tokens.tofile(handle)
+        self.parts.append(dataclasses.replace(part, tokens=part.tokens[:0]))
+
+    def write(self, directory: str | Path, split: str) -> dict[str, Any]:
+        """Write the split's files (documents sorted by (repo, path)), remove the spool; return its stats."""
+        lengths, prefixes, doc_bytes, chars = (
+            np.concatenate([getattr(part, name) for part in self.parts]).astype(np.int64)
+            for name in ("lengths", "prefix_lengths", "doc_bytes", "chars")
+        )
+        ids, repos, paths = (
+            [value for part in self.parts for value in getattr(part, name)]
+            for name in ("ids", "repos", "paths")
+        )
+        order = sorted(range(len(ids)), key=lambda i: (repos[i], paths[i]))  # stable: ties keep shard order
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        paths_out = split_paths(directory, split)
+        with paths_out["bin"].open("wb") as out:
+            if offsets[-1]:
+                spool = np.memmap(self.path, dtype=self.dtype, mode="r")
+                for i in order:
+                    out.write(spool[offsets[i] : offsets[i + 1]].tobytes())
+                del spool
+        self.path.unlink()
+        write_split_index(directory, split, lengths[order], [ids[i] for i in order], doc_bytes[order])
+        return split_stats(lengths, prefixes, doc_bytes, chars, repos)
+
+
+def split_stats(
+    lengths: np.ndarray, prefixes: np.ndarray, doc_bytes: np.ndarray, chars: np.ndarray, repos: list[str]
+) -> dict[str, Any]:
     """Counts of one split for index.json (``content_tokens``: without metadata prefixes and EOS)."""
-    total = int(sum(len(t) for t in tokens))
-    prefixes = [metadata_length(t, codec.special, codec.newline_id) for t in tokens]
-    content_tokens = total - len(documents) - sum(prefixes)
-    chars = sum(len(document.content) for document in documents)
+    total = int(lengths.sum())
+    content_tokens = total - len(lengths) - int(prefixes.sum())
+    total_chars = int(chars.sum())
     return {
-        "documents": len(documents),
+        "documents": len(lengths),
         "tokens": total,
         "content_tokens": content_tokens,
-        "bytes": sum(len(document.content.encode("utf-8")) for document in documents),
-        "chars": chars,
-        "chars_per_token": round(chars / max(content_tokens, 1), 4),
-        "repos": len({document.repo for document in documents}),
-        "metadata_documents": sum(1 for length in prefixes if length),
+        "bytes": int(doc_bytes.sum()),
+        "chars": total_chars,
+        "chars_per_token": round(total_chars / max(content_tokens, 1), 4),
+        "repos": len(set(repos)),
+        "metadata_documents": int(np.count_nonzero(prefixes)),
     }
+
+
+def shard_batches(scans: Sequence[ShardScan], max_bytes: int) -> list[list[int]]:
+    """Consecutive shard indices grouped up to ``max_bytes`` of content each (at least one shard)."""
+    batches: list[list[int]] = []
+    total = 0
+    for index, scan in enumerate(scans):
+        size = sum(scan.sizes)
+        if not batches or total + size > max_bytes:
+            batches.append([])
+            total = 0
+        batches[-1].append(index)
+        total += size
+    return batches
 
 
 def run(params: Params, io: StageIO) -> StageReport:
@@ -103,41 +282,44 @@ def run(params: Params, io: StageIO) -> StageReport:
             f"tokenize: --output {io.output}: must be a local directory (training memory-maps it)"
         )
     report = StageReport("tokenize")
-    list_shards(io.inputs[0])  # a clear error when the input is missing
-    documents = read_documents(io.inputs[0], report)
+    shards = list_shards(io.inputs[0])  # a clear error when the input is missing
+    scans = map_shards(scan_shard, shards, params.executor)
+    report.files_in = sum(scan.rows for scan in scans)
+    report.bytes_in = sum(scan.bytes_in for scan in scans)
+    empty = sum(scan.empty for scan in scans)
+    if empty:
+        report.count_drop(EMPTY_CONTENT, empty)
     try:
-        val_repos = split_repos([document.repo for document in documents], config.val_fraction)
+        val_repos = split_repos([repo for scan in scans for repo in scan.repos], config.val_fraction)
     except ValueError as exc:
         raise StageError(
             f"tokenize: {io.inputs[0]}: cannot hold out tokenize.val_fraction by repo: {exc}"
         ) from exc
-    splits = {
-        "train": [document for document in documents if document.repo not in val_repos],
-        "val": [document for document in documents if document.repo in val_repos],
-    }
 
     start = time.perf_counter()
     tokenizer = train_tokenizer(
-        tokenizer_sample(splits["train"], config.train_bytes), config.vocab_size, config.min_frequency
+        tokenizer_texts(shards, scans, val_repos, config.train_bytes), config.vocab_size, config.min_frequency
     )
     train_seconds = time.perf_counter() - start
     codec = TokenCodec(tokenizer)
     dtype = token_dtype(codec.vocab_size)
+    tokenizer_json = tokenizer.to_str()
 
     start = time.perf_counter()
     stats = {}
     with atomic_output_dir(io.output) as tmp_dir:
         to_transformers(tokenizer).save_pretrained(str(Path(tmp_dir) / TOKENIZER_DIR))
-        for split in SPLITS:
-            chosen = splits[split]
-            metadata = [
-                split == "train" and wants_metadata(d.id, params.project.seed, config.metadata_rate)
-                for d in chosen
+        spools = {split: SplitSpool(Path(tmp_dir) / f"{split}.spool", dtype) for split in SPLITS}
+        for batch in shard_batches(scans, BATCH_CONTENT_BYTES):
+            tasks = [
+                EncodeTask(shards[i], tokenizer_json, val_repos, params.project.seed, config.metadata_rate)
+                for i in batch
             ]
-            tokens = encode_documents(codec, chosen, metadata)
-            doc_bytes = [len(d.content.encode("utf-8")) for d in chosen]
-            write_split(tmp_dir, split, tokens, [d.id for d in chosen], doc_bytes, dtype)
-            stats[split] = split_stats(chosen, tokens, codec)
+            for encoded in map_shards(encode_shard, tasks, params.executor):
+                for split in SPLITS:
+                    spools[split].add(encoded[split])
+        for split in SPLITS:
+            stats[split] = spools[split].write(tmp_dir, split)
         index = {
             "format": INDEX_FORMAT,
             "dtype": dtype.name,
