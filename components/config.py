@@ -67,6 +67,14 @@ class ExecutorConfig(StrictModel):
     work_dir: str | None = None
 
 
+class OrchestrationConfig(StrictModel):
+    """How the Prefect pipeline flow runs the stages (``flows/pipeline.py``)."""
+
+    #: Times a failed stage task is retried (transient failures), and the pause between tries.
+    retries: int = Field(0, ge=0)
+    retry_delay_s: float = Field(10.0, ge=0)
+
+
 class DataConfig(StrictModel):
     """Layout of the Parquet shards passed between stages."""
 
@@ -84,6 +92,7 @@ class Params(StrictModel):
     project: ProjectConfig = ProjectConfig()
     tracking: TrackingConfig = TrackingConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     data: DataConfig = DataConfig()
     ingest: IngestConfig = IngestConfig()
     curate: CurateConfig = CurateConfig()

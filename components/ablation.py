@@ -1,0 +1,286 @@
+"""Ablation sweeps: one DVC experiment per value of a param, compared on the metrics that matter.
+
+The Prefect flow (flows/ablation.py) only orders these steps. Each value runs as
+``dvc exp run --temp --name ablation-<key>-<value> -S <key>=<value>`` under its own MLflow parent run
+(tags ``ablation``, ``ablation.value``, ``ablation.sweep``, ``dvc.exp_name``); the stage runs nest under
+it through ``CODEMILL_PARENT_RUN_ID``. The comparison reads every experiment's reports from
+``dvc exp show --json`` (stages restored from the run cache have no MLflow run of their own, but their
+reports are in the experiment), writes ``reports/ablations/<key>.csv`` and ``<key>.png``, and logs them
+to an ablation summary run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import Params, ParamsError, load_params
+from components.tracking import PARENT_RUN_ENV, TAG_DVC_EXP, TAG_KIND, configure, run_tags, tracking_uri
+
+DEFAULT_KEY = "dedup.level"
+DEFAULT_VALUES = ["none", "exact", "file", "repo"]
+REPORTS_DIR = Path("reports/ablations")
+#: DVC from this interpreter (no need for the venv to be on PATH).
+DVC = [sys.executable, "-m", "dvc"]
+
+TAG_ABLATION = "ablation"
+TAG_VALUE = "ablation.value"
+TAG_SWEEP = "ablation.sweep"  # the summary run's id, on every parent run of the sweep
+KIND_SUMMARY = "ablation"
+KIND_PARENT = "pipeline"
+#: Stages an ablation leaves out unless asked for (``--target``).
+NOT_ABLATED = ("register",)
+
+#: Data metrics compared across values: column -> (report in the experiment, keys into its JSON).
+DATA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dedup.files_out": ("reports/dedup.json", ("files_out",)),
+    "dedup.bytes_out": ("reports/dedup.json", ("bytes_out",)),
+    "dedup.dedup_ratio": ("reports/dedup.json", ("metrics", "dedup_ratio")),
+    "tokens.train": ("reports/tokenize.json", ("metrics", "tokens.train")),
+}
+#: A model stage's report names it by this metric; compared as ``<stage>.val_bpb``.
+MODEL_BPB = ("metrics", "final_val_bpb")
+#: Scores per model in the evaluate stage's summary: score -> column suffix (``<model>.<suffix>``).
+EVAL_REPORT = "reports/eval.json"
+EVAL_SCORES = {"pass_at_1": "pass_at_1", "bpb": "eval_bpb"}
+
+
+def slug(text: str) -> str:
+    """``text`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_`` (git ref safe)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip(".") or "_"
+
+
+def experiment_name(key: str, value: str) -> str:
+    """The DVC experiment name of one value: ``ablation-<key>-<value>``."""
+    return f"ablation-{slug(key)}-{slug(value)}"
+
+
+def parse_value(value: str) -> Any:
+    """A command-line value as DVC's ``-S key=value`` reads it (YAML scalars: ``0.1``, ``true``, ``null``)."""
+    return yaml.safe_load(value) if value.strip() else value
+
+
+def check_values(params_path: str | Path, key: str, values: Sequence[str]) -> Params:
+    """Validate every ``key=value`` against params before any work; raises ParamsError naming the key."""
+    if not values:
+        raise ParamsError(f"{key}: an ablation needs at least one value")
+    if len({experiment_name(key, value) for value in values}) != len(values):
+        raise ParamsError(f"{key}: values {list(values)} repeat (or differ only in characters a name drops)")
+    for value in values:
+        load_params(params_path, overrides={key: parse_value(value)})
+    return load_params(params_path)
+
+
+def default_targets(dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """Every stage of ``dvc.yaml`` except ``register``: an ablation compares models, it does not publish
+    them (no model version per value in the registry)."""
+    from components.summary import pipeline_stages
+
+    return [stage for stage in pipeline_stages(dvc_file) if stage not in NOT_ABLATED]
+
+
+def exp_run_command(key: str, value: str, targets: Sequence[str] = ()) -> list[str]:
+    """``dvc exp run`` of one value in a temporary workspace DVC manages (shares cache and run cache)."""
+    name = experiment_name(key, value)
+    return [*DVC, "exp", "run", "--temp", "--name", name, "-S", f"{key}={value}", *targets]
+
+
+def experiment_env(params: Params, parent_run_id: str) -> dict[str, str]:
+    """The environment of one experiment: its parent run, an absolute tracking URI (the stages run in a
+    temporary directory, where a relative ``sqlite:///mlflow.db`` would be another store), and this
+    interpreter first on PATH (dvc.yaml calls ``python -m components.<stage>``)."""
+    return {
+        **os.environ,
+        PARENT_RUN_ENV: parent_run_id,
+        "MLFLOW_TRACKING_URI": tracking_uri(params, Path.cwd()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def start_summary_run(
+    params: Params, key: str, values: Sequence[str], extra_tags: dict[str, str] | None = None
+) -> str:
+    """Create the sweep's summary run (``codemill.kind=ablation``, ``ablation=<key>``); returns its id."""
+    import mlflow
+
+    experiment_id = configure(params, Path.cwd())
+    tags = {**run_tags(), TAG_KIND: KIND_SUMMARY, TAG_ABLATION: key, **(extra_tags or {})}
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, tags=tags, run_name=f"ablation-{slug(key)}")
+    client.log_param(run.info.run_id, "values", json.dumps(list(values)))
+    return run.info.run_id
+
+
+def start_parent_run(params: Params, key: str, value: str, sweep_id: str) -> str:
+    """Create the pipeline parent run of one value, tagged for the sweep; returns its id."""
+    import mlflow
+
+    experiment_id = configure(params, Path.cwd())
+    name = experiment_name(key, value)
+    tags = {
+        **run_tags(),
+        TAG_KIND: KIND_PARENT,
+        TAG_ABLATION: key,
+        TAG_VALUE: value,
+        TAG_SWEEP: sweep_id,
+        TAG_DVC_EXP: name,
+    }
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def end_run(run_id: str, ok: bool) -> None:
+    """Mark a run FINISHED or FAILED."""
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def experiment_reports(exp_show: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
+    """The metrics files (path -> JSON) of experiment ``name`` in ``dvc exp show --json`` output."""
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            if experiment.get("name") == name:
+                metrics = experiment["revs"][0]["data"].get("metrics") or {}
+                return {path: entry["data"] for path, entry in metrics.items() if "data" in entry}
+    raise LookupError(f"experiment {name!r} is not in `dvc exp show`")
+
+
+def _lookup(tree: Any, keys: Sequence[str]) -> float | None:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    is_number = isinstance(tree, int | float) and not isinstance(tree, bool)
+    return float(tree) if is_number else None
+
+
+def comparison_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The metrics that matter from one experiment's reports (those that exist): data kept after dedup,
+    training tokens, val bits per byte of each model stage, and pass@1 / eval bpb of each evaluated model.
+    """
+    found = {name: _lookup(reports.get(path), keys) for name, (path, keys) in DATA_METRICS.items()}
+    for path, report in reports.items():  # dvc.yaml order
+        found[f"{Path(path).stem}.val_bpb"] = _lookup(report, MODEL_BPB)
+    eval_models = (reports.get(EVAL_REPORT) or {}).get("models") or {}
+    for model, scores in eval_models.items():
+        for score, suffix in EVAL_SCORES.items():
+            found[f"{model}.{suffix}"] = _lookup(scores, (score,))
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def comparison_rows(key: str, runs: Sequence[dict[str, str]], exp_show: list[dict[str, Any]]) -> list[dict]:
+    """One row per value: ``{key: value, experiment, run_id, <metric>: number, ...}``.
+
+    ``runs`` holds ``{"value", "experiment", "run_id"}`` per value, in sweep order.
+    """
+    return [
+        {
+            key: run["value"],
+            "experiment": run["experiment"],
+            "run_id": run["run_id"],
+            **comparison_metrics(experiment_reports(exp_show, run["experiment"])),
+        }
+        for run in runs
+    ]
+
+
+def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The numeric columns of the rows, in first-seen order."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update({name: None for name, value in row.items() if isinstance(value, float)})
+    return list(columns)
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as CSV (empty cells where a value lacks a metric)."""
+    columns = [name for name in rows[0] if not isinstance(rows[0][name], float)] + metric_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if not isinstance(value, float):
+        return "-" if value is None else str(value)
+    return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1 else f"{value:.4g}"
+
+
+def table_markdown(key: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table: the value, then each metric."""
+    columns = [key, *metric_columns(rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(key: str, rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """A PNG with one panel per metric against the value (a line for numeric values, else bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metric_columns(rows) or ["(no metrics)"]
+    values = [row[key] for row in rows]
+    numeric = all(isinstance(parse_value(value), int | float) for value in values)
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for axis, metric in zip(axes.flat, metrics, strict=False):
+        heights = [row.get(metric, math.nan) for row in rows]
+        if numeric:
+            axis.plot([parse_value(value) for value in values], heights, marker="o")
+        else:
+            axis.bar(values, heights, color="tab:blue")
+        axis.set_title(metric, fontsize=10)
+        axis.set_xlabel(key)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(metrics) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"ablation over {key}")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, metadata={"Software": None})  # no version string: same bytes per run
+    plt.close(figure)
+    return path
+
+
+def write_comparison(
+    key: str, rows: Sequence[dict[str, Any]], out_dir: str | Path = REPORTS_DIR
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<key>.csv`` and ``<out_dir>/<key>.png``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / f"{slug(key)}.csv"
+    table.write_text(table_csv(rows), encoding="utf-8")
+    return table, plot(key, rows, out_dir / f"{slug(key)}.png")
+
+
+def log_comparison(summary_run_id: str, rows: Sequence[dict[str, Any]], files: Sequence[Path]) -> None:
+    """Log each value's metrics on its parent run (for MLflow's compare view) and the files on the summary."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, float):
+                client.log_metric(row["run_id"], name, value)
+    for path in files:
+        client.log_artifact(summary_run_id, str(path), artifact_path="ablation")

@@ -1,0 +1,161 @@
+"""Ablation sweeps: the comparison on its own, and the flow end to end over real DVC experiments."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from components import ablation as ab
+from flows.ablation import ablate_main
+from tests.conftest import PROJECT_ROOT, make_dvc_project, run_checked
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_metrics_pick_what_matters_from_the_reports_that_exist() -> None:
+    reports = {
+        "reports/ingest.json": {"files_out": 50, "metrics": {"repos": 3}},
+        "reports/dedup.json": {"files_out": 40, "bytes_out": 9000, "metrics": {"dedup_ratio": 0.2}},
+        "reports/tokenize.json": {"metrics": {"tokens.train": 1234, "tokens.val": 99}},
+        "reports/pretrain.json": {"metrics": {"final_val_bpb": 2.5, "tokens_trained": 10}},
+        "reports/sft.json": {"metrics": {"final_val_bpb": 2.25}},
+        "reports/eval.json": {"models": {"pretrain": {"pass@1": 0.0, "pass_at_1": 0.0, "bpb": 2.4}}},
+    }
+    assert ab.comparison_metrics(reports) == {
+        "dedup.files_out": 40.0,
+        "dedup.bytes_out": 9000.0,
+        "dedup.dedup_ratio": 0.2,
+        "tokens.train": 1234.0,
+        "pretrain.val_bpb": 2.5,
+        "sft.val_bpb": 2.25,
+        "pretrain.pass_at_1": 0.0,
+        "pretrain.eval_bpb": 2.4,
+    }
+    assert ab.comparison_metrics({"reports/ingest.json": {"files_out": 5}}) == {}
+
+
+def test_table_and_plot_of_a_numeric_key(tmp_path: Path) -> None:
+    rows = [
+        {"pretrain.lr": "0.001", "experiment": "a", "run_id": "r1", "pretrain.val_bpb": 2.5},
+        {
+            "pretrain.lr": "0.003",
+            "experiment": "b",
+            "run_id": "r2",
+            "pretrain.val_bpb": 2.0,
+            "sft.val_bpb": 1.5,
+        },
+    ]
+    table, plot = ab.write_comparison("pretrain.lr", rows, tmp_path)
+    with table.open() as handle:
+        read = list(csv.DictReader(handle))
+    assert [row["pretrain.lr"] for row in read] == ["0.001", "0.003"]
+    assert read[0]["sft.val_bpb"] == "" and read[1]["sft.val_bpb"] == "1.5"
+    assert plot.read_bytes().startswith(PNG_HEADER)
+    assert "| 0.003 | 2 | 1.5 |" in ab.table_markdown("pretrain.lr", rows)
+
+
+def test_sweeps_run_every_stage_but_register_by_default() -> None:
+    stages = ab.default_targets(PROJECT_ROOT / "dvc.yaml")
+    assert "register" not in stages and {"dedup", "evaluate"} <= set(stages)
+
+
+def test_bad_values_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = PROJECT_ROOT / "params.yaml"
+    assert ablate_main(["dedup.level", "none", "fuzzy", "--params", str(params)]) == 2
+    assert "dedup.level" in capsys.readouterr().err
+    assert ablate_main(["dedup.nonsense", "1", "--params", str(params)]) == 2
+    assert "dedup.nonsense" in capsys.readouterr().err
+    assert ablate_main(["pretrain.lr", "--params", str(params)]) == 2  # no values for a non-default key
+
+
+@pytest.mark.slow
+def test_ablation_flow_over_two_dedup_levels(tmp_path: Path) -> None:
+    """Two values on a tiny corpus (6 files, each also in an exact copy) through ingest -> curate -> dedup."""
+    root = tmp_path / "project"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ["textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py", "argparse.py"]:
+        for repo in ("orig", "fork"):
+            path = root / "corpus" / repo / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text((stdlib / name).read_text(encoding="utf-8"), encoding="utf-8")
+    env = make_dvc_project(
+        root,
+        params={"ingest": {"sources": [{"kind": "local", "paths": ["corpus"]}]}, "executor": {"workers": 1}},
+        stages=["ingest", "curate", "dedup"],
+    )
+    env = {key: value for key, value in env.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.ablation", "dedup.level", "none", "exact"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # Two tagged parent runs, one per value, with the stage runs nested under them.
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("codemill").experiment_id
+    parents = client.search_runs(
+        [experiment_id], "tags.ablation = 'dedup.level' and tags.`codemill.kind` = 'pipeline'"
+    )
+    by_value = {run.data.tags["ablation.value"]: run for run in parents}
+    assert sorted(by_value) == ["exact", "none"]
+    (summary,) = client.search_runs([experiment_id], "tags.`codemill.kind` = 'ablation'")
+    for value, parent in by_value.items():
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["dvc.exp_name"] == f"ablation-dedup.level-{value}"
+        assert parent.data.tags["ablation.sweep"] == summary.info.run_id
+        assert parent.data.params["dedup.level"] == value
+    children = {
+        value: {
+            run.data.tags["codemill.stage"]: run
+            for run in client.search_runs(
+                [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+            )
+        }
+        for value, parent in by_value.items()
+    }
+    assert set(children["none"]) == {"ingest", "curate", "dedup"}
+    assert set(children["exact"]) == {"dedup"}, "ingest and curate must come from DVC's run cache"
+    assert children["exact"]["dedup"].data.params["dedup.level"] == "exact"
+    assert children["exact"]["dedup"].data.tags["dvc.exp_name"] == "ablation-dedup.level-exact"
+    assert by_value["none"].data.metrics["dedup.files_out"] == 12
+    assert by_value["exact"].data.metrics["dedup.files_out"] == 6
+
+    # The comparison: table and plot on disk and on the summary run.
+    with (root / "reports/ablations/dedup.level.csv").open() as handle:
+        table = {row["dedup.level"]: row for row in csv.DictReader(handle)}
+    assert list(table) == ["none", "exact"]
+    assert float(table["none"]["dedup.files_out"]) == 12 and float(table["exact"]["dedup.files_out"]) == 6
+    assert float(table["exact"]["dedup.dedup_ratio"]) == 0.5
+    assert (root / "reports/ablations/dedup.level.png").read_bytes().startswith(PNG_HEADER)
+    logged = {item.path for item in client.list_artifacts(summary.info.run_id, "ablation")}
+    assert logged == {"ablation/dedup.level.csv", "ablation/dedup.level.png"}
+    assert summary.info.status == "FINISHED"
+
+    # The workspace is left as it was; the experiments are DVC's.
+    assert yaml.safe_load((root / "params.yaml").read_text())["dedup"]["level"] == "file"
+    assert run_checked(["git", "status", "--porcelain", "--untracked-files=no"], root, env) == ""
+    listed = run_checked([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], root, env).split()
+    assert sorted(listed) == ["ablation-dedup.level-exact", "ablation-dedup.level-none"]
+
+    # Prefect: the flow run completed and published the two artifacts.
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        states = db.execute(
+            "select fr.state_type from flow_run fr join flow f on f.id = fr.flow_id where f.name = 'ablation'"
+        ).fetchall()
+        artifacts = dict(db.execute("select key, type from artifact").fetchall())
+    assert states == [("COMPLETED",)]
+    assert artifacts == {"ablation-dedup-level": "table", "ablation-dedup-level-summary": "markdown"}
