@@ -28,7 +28,7 @@ from components.register.stage import register_model
 from components.report import read_report
 from components.stage import StageIO, run_stage
 from components.tracking import PARENT_RUN_ENV, TAG_OUT_MD5, TAG_STAGE
-from tests.conftest import PROJECT_ROOT, make_params
+from tests.conftest import PROJECT_ROOT, make_params, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -42,20 +42,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Wait until ``url`` answers 200 (fail early if ``proc`` died)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process for {url} exited with {proc.returncode}"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout_s}s")
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,15 +26,15 @@ import mlflow.pyfunc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import requests
 import yaml
 
 from components.config import Params
+from components.register.serve import kill_group
 from components.report import StageReport
 from components.shards import filesystem, list_shards
 from components.stage import StageIO, run_stage
 from components.tracking import TAG_OUT_MD5, TAG_STAGE, dvc_md5
-from tests.conftest import PROJECT_ROOT, make_dvc_project, make_params, run_checked
+from tests.conftest import PROJECT_ROOT, make_dvc_project, make_params, run_checked, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -271,23 +268,11 @@ def mlflow_server(tmp_path: Path, bucket: str, s3_endpoint: str, _migrated_mlflo
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-            time.sleep(0.5)
+        wait_http(f"{url}/health", server, timeout_s=120)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        kill_group(server.pid)
+        server.wait(timeout=10)
 
 
 def test_mlflow_server_stores_model_artifacts_on_s3_and_serves_them(
