@@ -211,6 +211,11 @@ def _breakers(pid_dir: Path) -> list[tuple[str, str, str]]:
     ]
 
 
+def _descendants() -> set[int]:
+    """This process's living descendants (other tests of the session may have left helpers running)."""
+    return {child.pid for child in psutil.Process().children(recursive=True) if _alive(child.pid)}
+
+
 @pytest.mark.parametrize(
     "drop",
     [pytest.param(True, marks=pytest.mark.skipif(not drops_privileges(), reason="needs root")), False],
@@ -219,6 +224,7 @@ def test_a_program_that_breaks_its_process_or_the_server_costs_only_its_own_verd
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: bool
 ) -> None:
     monkeypatch.setattr(sandbox, "drops_privileges", lambda: drop)
+    before = _descendants()
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     pid_dir.chmod(0o777)
@@ -233,17 +239,18 @@ def test_a_program_that_breaks_its_process_or_the_server_costs_only_its_own_verd
     assert expected in results[-2].error
     (killer,) = [int(path.name) for path in pid_dir.iterdir()]
     assert not _alive(killer)
-    assert psutil.Process().children(recursive=True) == []
+    assert _descendants() - before == set()
 
 
 def test_a_hung_server_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     # Without its own uid a program can stop the server: the sandbox gives up after the limit plus grace.
     monkeypatch.setattr(sandbox, "drops_privileges", lambda: False)
     monkeypatch.setattr(sandbox, "RUNNER_GRACE_S", 1.0)
+    before = _descendants()
     stopper = "import posix, signal, time\nposix.kill(posix.getppid(), signal.SIGSTOP)\ntime.sleep(60)"
     started = time.monotonic()
     results = run_programs([stopper, CLEAN_CHECK], timeout_s=1, workers=1)
     assert [result.kind for result in results] == ["timeout", "passed"], results
     assert "sandbox server exceeded" in results[0].error
     assert time.monotonic() - started < 10
-    assert psutil.Process().children(recursive=True) == []
+    assert _descendants() - before == set()
