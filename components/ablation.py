@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -99,12 +98,9 @@ def experiment_env(params: Params, parent_run_id: str) -> dict[str, str]:
     """The environment of one experiment: its parent run, an absolute tracking URI (the stages run in a
     temporary directory, where a relative ``sqlite:///mlflow.db`` would be another store), and this
     interpreter first on PATH (dvc.yaml calls ``python -m components.<stage>``)."""
-    return {
-        **os.environ,
-        PARENT_RUN_ENV: parent_run_id,
-        "MLFLOW_TRACKING_URI": tracking_uri(params, Path.cwd()),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    from components.cli import tool_env
+
+    return tool_env({PARENT_RUN_ENV: parent_run_id, "MLFLOW_TRACKING_URI": tracking_uri(params, Path.cwd())})
 
 
 def start_summary_run(

@@ -21,6 +21,15 @@ QUIET_ENV = {
 }
 
 
+def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process running the project's tools: ours, telemetry off unless set,
+    ``extra`` on top, and this interpreter's ``bin`` first on PATH (``dvc.yaml`` runs ``python -m
+    components.<stage>``; mlflow starts ``uvicorn`` by name), even when the venv is not activated."""
+    env = {**QUIET_ENV, **os.environ, **(extra or {})}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
     from components.stage import stage_main
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 
-from components.cli import QUIET_ENV
+from components.cli import tool_env
 from components.config import Params, load_params
 from components.tracking import (
     PARENT_RUN_ENV,
@@ -74,9 +72,7 @@ def validated_params(root: Path, overrides: dict[str, str] | None) -> Params:
 
 def stage_env(parent_run_id: str) -> dict[str, str]:
     """The stage processes' environment: ours, the parent run, and this interpreter's tools first on PATH."""
-    env = {**QUIET_ENV, **os.environ, PARENT_RUN_ENV: parent_run_id}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+    return tool_env({PARENT_RUN_ENV: parent_run_id})
 
 
 # ------------------------------------------------------------------------------------------------- MLflow

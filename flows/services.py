@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from components.cli import QUIET_ENV
+from components.cli import tool_env
 from components.config import load_params
 from flows.process_group import kill_group
 
@@ -52,10 +52,8 @@ def _bin(name: str) -> str:
 
 def service_env(root: Path, prefect_port: int) -> dict[str, str]:
     """Environment of every service and Prefect CLI call: quiet, this venv first, the local Prefect API."""
-    env = {**QUIET_ENV, **os.environ}
+    env = tool_env({"PREFECT_API_URL": f"http://{HOST}:{prefect_port}/api"})
     env.setdefault("PREFECT_HOME", str(root / STATE_DIR / "prefect"))
-    env["PREFECT_API_URL"] = f"http://{HOST}:{prefect_port}/api"
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 

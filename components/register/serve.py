@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from components.config import DEFAULT_PARAMS, ParamsError, load_params
@@ -75,11 +74,9 @@ def run_foreground(command: list[str], env: dict[str, str] | None = None) -> int
 
 def serve(model_name: str, port: int, host: str = "127.0.0.1", tracking_uri: str | None = None) -> int:
     """Serve the champion of ``codemill-<model_name>`` on ``host:port``; returns its exit code."""
-    env = dict(os.environ)
-    # mlflow starts `uvicorn` by name: find the one of this interpreter even when its venv is not activated
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components.cli import tool_env
+
+    env = tool_env({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else None)
     return run_foreground(serve_command(model_name, port, host), env)
 
 
