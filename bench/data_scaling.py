@@ -29,11 +29,11 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
 from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
 
-from components.config import ExecutorConfig, load_params  # noqa: E402
 from components.executor import map_shards  # noqa: E402
+from components.params import ExecutorConfig, load_params, yaml_text  # noqa: E402
 from components.report import StageReport  # noqa: E402
 from components.shards import shard_name  # noqa: E402
-from components.stage import StageIO, run_stage  # noqa: E402
+from components.stage_runner import run_stage  # noqa: E402
 
 SECTION = "## Data-stage scaling"
 STAGES = ["ingest", "curate", "dedup", "clean"]
@@ -78,7 +78,9 @@ def output_hashes(root: Path) -> dict[str, str]:
 
 def run_data_stages(label: str, overrides: dict[str, object]) -> ExecutorRun:
     """Run the four data stages in a temporary directory with ``overrides`` applied to params.yaml."""
-    params = load_params(PROJECT_ROOT / "params.yaml", overrides=overrides)
+    params = load_params(
+        PROJECT_ROOT / "params.yaml", overrides={k: yaml_text(v) for k, v in overrides.items()}
+    )
     reports = []
     previous_cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="codemill-scaling-") as work:
@@ -87,9 +89,9 @@ def run_data_stages(label: str, overrides: dict[str, object]) -> ExecutorRun:
         try:
             previous = None
             for stage in STAGES:
-                io = StageIO([previous] if previous else [], f"data/{stage}")
-                module = importlib.import_module(f"components.{stage}")
-                reports.append(run_stage(stage, module.run, params, io, f"reports/{stage}.json"))
+                spec = importlib.import_module(f"components.{stage}").STAGE
+                io = spec.resolve([previous] if previous else [], f"data/{stage}")
+                reports.append(run_stage(spec, params, io, f"reports/{stage}.json"))
                 previous = io.output
             hashes = output_hashes(Path(work))
         finally:

@@ -24,9 +24,9 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 import dedup_vs_datasketch  # noqa: E402
 from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
 
-from components.config import load_params  # noqa: E402
+from components.params import load_params  # noqa: E402
 from components.report import StageReport  # noqa: E402
-from components.stage import StageIO, run_stage  # noqa: E402
+from components.stage_runner import run_stage  # noqa: E402
 
 STAGES = ["ingest", "curate", "dedup", "clean", "validate"]
 
@@ -35,7 +35,7 @@ def run_data_stages(workers: int) -> list[StageReport]:
     """Run the five data stages in a temporary directory; return their reports."""
     import importlib
 
-    params = load_params(PROJECT_ROOT / "params.yaml", overrides={"executor.workers": workers})
+    params = load_params(PROJECT_ROOT / "params.yaml", overrides={"executor.workers": str(workers)})
     reports = []
     with tempfile.TemporaryDirectory(prefix="codemill-bench-") as work:
         shutil.copytree(PROJECT_ROOT / "gx", Path(work) / "gx", ignore=shutil.ignore_patterns("uncommitted"))
@@ -46,9 +46,9 @@ def run_data_stages(workers: int) -> list[StageReport]:
             previous = None
             for stage in STAGES:
                 output = "reports/data_docs" if stage == "validate" else f"data/{stage}"
-                io = StageIO([previous] if previous else [], output)
-                module = importlib.import_module(f"components.{stage}")
-                reports.append(run_stage(stage, module.run, params, io, f"reports/{stage}.json"))
+                spec = importlib.import_module(f"components.{stage}").STAGE
+                io = spec.resolve([previous] if previous else [], output)
+                reports.append(run_stage(spec, params, io, f"reports/{stage}.json"))
                 previous = output
         finally:
             os.chdir(previous_cwd)

@@ -198,10 +198,10 @@ def precision_recall(found: Pairs, truth: Pairs) -> tuple[float, float]:
 
 def stage_seconds(texts: list[str], args: argparse.Namespace) -> float:
     """The whole dedup stage (level=file, one worker) on the corpus written as one Parquet shard."""
-    from components.config import load_params
-    from components.dedup import run
+    from components.dedup import STAGE
+    from components.params import load_params
     from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
-    from components.stage import StageIO
+    from components.stage_runner import call_stage
 
     rows = []
     for doc, text in enumerate(texts):
@@ -219,13 +219,13 @@ def stage_seconds(texts: list[str], args: argparse.Namespace) -> float:
                 "stars": None,
             }
         )
-    overrides = {"executor.workers": 1, "dedup.level": "file", "dedup.seed": args.seed}
+    overrides = {"executor.workers": "1", "dedup.level": "file", "dedup.seed": str(args.seed)}
     params = load_params(PROJECT_ROOT / "params.yaml", overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in"
         source.mkdir()
         write_shard(pa.Table.from_pylist(rows, schema=BASE_SCHEMA), str(source / "part-00000.parquet"))
-        seconds, _ = timed(lambda: run(params, StageIO([str(source)], str(Path(tmp) / "out"))))
+        seconds, _ = timed(lambda: call_stage(STAGE, params, [str(source)], str(Path(tmp) / "out")))
     return seconds
 
 

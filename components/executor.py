@@ -18,12 +18,10 @@ import multiprocessing
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from components.errors import StageError
-
-if TYPE_CHECKING:  # only a type: importing components.config here would create an import cycle
-    from components.config import ExecutorConfig
+from components.params.shared import ExecutorConfig
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -40,7 +38,8 @@ class WorkerLostError(StageError):
 
 def function_name(fn: Callable[..., Any]) -> str:
     """A readable name of ``fn`` (also of a ``functools.partial``) for task keys and messages."""
-    return getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "task")
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "task")
+    return str(name)
 
 
 def describe_item(item: object, index: int) -> str:

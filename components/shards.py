@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from components.errors import StageError
 
-#: Columns every stage's documents carry (design.md §1); stages add their own after these.
+#: Columns every stage's documents carry (docs/architecture.md); stages add their own after these.
 BASE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),

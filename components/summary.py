@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from components.dvc_project import stage_names
 from components.report import read_report
-
-
-def pipeline_stages(dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """Stage names in the order ``dvc.yaml`` defines them (a topological order of the DAG)."""
-    return list(yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8"))["stages"])
 
 
 def load_reports(
@@ -21,7 +14,7 @@ def load_reports(
 ) -> dict[str, dict[str, Any]]:
     """The reports that exist, keyed by stage, in pipeline order."""
     reports = {}
-    for stage in pipeline_stages(dvc_file):
+    for stage in stage_names(dvc_file):
         path = Path(reports_dir) / f"{stage}.json"
         if path.exists():
             reports[stage] = read_report(path)
@@ -72,15 +65,9 @@ MODEL_COLUMNS = [
 
 #: Scores from ``reports/eval.json`` shown beside them: (score, column title, format).
 EVAL_COLUMNS = [
-    ("pass@1", "pass@1", "{:>7.1%}"),
+    ("pass_at_1", "pass@1", "{:>7.1%}"),
     ("bpb", "eval bpb", "{:>8.3f}"),
 ]
-
-
-def read_eval_scores(path: str | Path = "reports/eval.json") -> dict[str, dict[str, Any]]:
-    """Per model stage scores of the evaluate stage (``{}`` if it has not run)."""
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")).get("models", {}) if path.exists() else {}
 
 
 def _cell(value: Any, fmt: str) -> str:

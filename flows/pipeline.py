@@ -1,6 +1,6 @@
 """The pipeline as a Prefect flow: one task per ``dvc.yaml`` stage, run through DVC, under one MLflow parent.
 
-- The DAG is read from DVC (``flows/dvc_dag.py``), so stages added to ``dvc.yaml`` need no change here.
+- The DAG is read from DVC (``components/dvc_project.py``), so stages added to ``dvc.yaml`` need no change.
   Each task runs ``dvc --wait-for-lock repro --single-item <stage>`` once the stages it needs are done;
   independent stages run concurrently. DVC's cache and ``dvc.lock`` are the ones plain ``dvc repro``
   uses, so both give the same outputs and skip the same work.
@@ -8,7 +8,7 @@
   MLflow run that produced its outputs: the run tagged ``dvc.md5.<out>`` with the md5 in ``dvc.lock``.
 - The flow opens the MLflow parent run and hands its id to the stage processes
   (``CODEMILL_PARENT_RUN_ID``), so their runs nest under it (``components/tracking.py``).
-- Every stage process runs under a guard in its own session (``flows/process_group.py``): a failure fails
+- Every stage process runs under a guard in its own session (``components/processes.py``): a failure fails
   the task with the stage's last output lines; a cancellation, SIGTERM or SIGKILL of the flow run ends
   the stage's whole process tree. Failed stages are retried ``retries`` times.
 - ``overrides`` (``{"dedup.level": "file"}``, CLI ``--set``) or ``experiment`` run the selection as one
@@ -25,29 +25,19 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 
-from components.cli import tool_env
-from components.config import Params, load_params
-from components.tracking import (
-    PARENT_RUN_ENV,
-    TAG_DVC_EXP,
-    TAG_KIND,
-    TAG_OUT_MD5,
-    TAG_STAGE,
-    configure,
-    run_tags,
-)
-from flows.dvc_dag import DvcStage, experiment_command, locked_outs, read_dag, select, stage_command
-from flows.process_group import CommandFailed, run_guarded, terminate_all
+from components import tracking
+from components.dvc_project import DvcStage, experiment_command, locked_outs, read_dag, select, stage_command
+from components.params import Params, load_params
+from components.processes import CommandFailed, run_guarded, terminate_all, tool_env
+from components.tracking import PARENT_RUN_ENV, TAG_DVC_EXP, ParentRun
 
 TAIL_LINES = 30
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -56,7 +46,14 @@ EXPERIMENT_NAME = re.compile(r"Reproducing experiment '([^']+)'")
 
 
 class StageFailed(RuntimeError):
-    """A stage process failed; the message names the stage and ends with its last output lines."""
+    """A stage process failed; the message names the stage and ends with its last output lines.
+
+    ``rows``: the stage table of an experiment that failed part way (each stage's status).
+    """
+
+    def __init__(self, message: str, rows: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows or []
 
 
 class PipelineFailed(RuntimeError):
@@ -66,8 +63,7 @@ class PipelineFailed(RuntimeError):
 # ----------------------------------------------------------------------------------------------- helpers
 def validated_params(root: Path, overrides: dict[str, str] | None) -> Params:
     """``params.yaml`` with the overrides applied as DVC applies them (values parsed as YAML), validated."""
-    parsed = {key: yaml.safe_load(value) for key, value in (overrides or {}).items()}
-    return load_params(root / "params.yaml", overrides=parsed)
+    return load_params(root / "params.yaml", overrides=overrides)
 
 
 def stage_env(parent_run_id: str) -> dict[str, str]:
@@ -76,72 +72,23 @@ def stage_env(parent_run_id: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------- MLflow
-@dataclass(frozen=True)
-class ParentRun:
-    """The pipeline's MLflow parent run: where it lives and its id."""
-
-    tracking_uri: str
-    experiment_id: str
-    run_id: str
-
-    def client(self) -> Any:
-        import mlflow
-
-        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-
-
 def open_parent_run(
-    root: Path, params: Params, experiment: str | None, targets: list[str] | None
+    root: Path,
+    params: Params,
+    experiment: str | None,
+    targets: list[str] | None,
+    overrides: dict[str, str] | None,
 ) -> ParentRun:
-    """Create the pipeline's MLflow parent run (status RUNNING until ``close_parent_run``)."""
-    import mlflow
+    """Create the pipeline's MLflow parent run, named by its experiment or overrides (and the time)."""
     from prefect.runtime import flow_run
 
-    experiment_id = configure(params, root)
-    tags = {TAG_KIND: "pipeline", **run_tags(), "prefect.flow_run_id": str(flow_run.id or "")}
+    tags = {"prefect.flow_run_id": str(flow_run.id or "")}
     if experiment:
         tags[TAG_DVC_EXP] = experiment
     if targets:
         tags["codemill.targets"] = ",".join(targets)
-    uri = mlflow.get_tracking_uri()
-    run = mlflow.MlflowClient(tracking_uri=uri).create_run(experiment_id, tags=tags, run_name="pipeline")
-    return ParentRun(uri, experiment_id, run.info.run_id)
-
-
-def close_parent_run(parent: ParentRun, rows: list[dict[str, Any]], status: str) -> None:
-    """Record each stage's status and MLflow run (and the DVC experiment) on the parent, then end it."""
-    from mlflow.entities import RunTag
-
-    tags = {f"codemill.status.{row['stage']}": row["status"] for row in rows}
-    tags |= {f"codemill.run.{row['stage']}": row["mlflow_run"] for row in rows if row.get("mlflow_run")}
-    experiments = sorted({row["experiment"] for row in rows if row.get("experiment")})
-    if experiments:
-        tags[TAG_DVC_EXP] = ",".join(experiments)
-    client = parent.client()
-    client.log_batch(parent.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-    client.set_terminated(parent.run_id, status=status)
-
-
-def producing_run(parent: ParentRun, stage: DvcStage, outs: dict[str, str]) -> str | None:
-    """The MLflow run that produced ``stage``'s outputs: tagged with their ``dvc.lock`` md5 (newest first,
-    this pipeline's own run preferred); for a stage without outputs, its run under this parent if any."""
-    client = parent.client()
-    for path, md5 in outs.items():
-        runs = client.search_runs(
-            [parent.experiment_id],
-            filter_string=f"tags.`{TAG_OUT_MD5}.{path}` = '{md5}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=20,
-        )
-        if runs:
-            ours = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.run_id]
-            return (ours or runs)[0].info.run_id
-    runs = client.search_runs(
-        [parent.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`{TAG_STAGE}` = '{stage.name}'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    label = experiment or " ".join(f"{key}={value}" for key, value in (overrides or {}).items()) or None
+    return tracking.create_parent_run(params.tracking, "pipeline", label, tags, root=root)
 
 
 # ------------------------------------------------------------------------------------------------- tasks
@@ -184,7 +131,7 @@ def _stage_row(
         "status": status,
         "cached": status == "cached",
         "seconds": None if seconds is None else round(seconds, 2),
-        "mlflow_run": producing_run(parent, stage, outs) if done else None,
+        "mlflow_run": tracking.producing_run(parent, stage.name, outs) if done else None,
         "outs": outs,
     }
 
@@ -291,12 +238,8 @@ def stage_table(root: Path, stages: list[DvcStage], rows: dict[str, dict[str, An
 
 def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str, failures: list[str]) -> str:
     """The ``pipeline-summary`` artifact: outcome, eval scores and the registered model version."""
-    from components.summary import (
-        format_model_summary,
-        format_registry_summary,
-        load_reports,
-        read_eval_scores,
-    )
+    from components.report import read_eval_scores
+    from components.summary import format_model_summary, format_registry_summary, load_reports
 
     cached = sum(row["cached"] for row in table)
     ran = sum(row["status"] == "ran" for row in table)
@@ -336,7 +279,9 @@ def _submit_stage_tasks(
     futures: dict[str, PrefectFuture] = {}
     for stage in stages:
         upstream = [futures[address] for address in stage.upstream if address in futures]
-        futures[stage.address] = stage_task.submit(stage, str(root), parent, force, wait_for=upstream)
+        futures[stage.address] = stage_task.submit(  # type: ignore[call-overload]  # Prefect's overloads
+            stage, str(root), parent, force, wait_for=upstream
+        )
     return futures
 
 
@@ -377,7 +322,7 @@ async def pipeline(
     params = validated_params(root, overrides)  # a bad key or value fails here, naming it
     retries, delay_s = _retry_policy(params, retries, retry_delay_seconds)
     stages = select(read_dag(root), targets, single_item)
-    parent = open_parent_run(root, params, experiment, targets)
+    parent = open_parent_run(root, params, experiment, targets, overrides)
     logger.info("MLflow parent run %s; stages: %s", parent.run_id, " ".join(s.address for s in stages))
     failures: list[str] = []
     try:
@@ -397,7 +342,7 @@ async def pipeline(
             rows, failures = _results(futures)
     except BaseException:  # cancelled, interrupted or terminated: no stage may outlive the flow
         terminate_all()
-        close_parent_run(parent, [], "KILLED")
+        tracking.close_parent_run(parent, [], "KILLED")
         raise
     table = stage_table(root, stages, rows)
     await acreate_table_artifact(
@@ -408,7 +353,7 @@ async def pipeline(
         key="pipeline-summary",
         description="codemill run summary",
     )
-    close_parent_run(parent, table, "FAILED" if failures else "FINISHED")
+    tracking.close_parent_run(parent, table, "FAILED" if failures else "FINISHED")
     if failures:
         raise PipelineFailed("\n\n".join(failures))
     return table

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from components.config import Params, load_params, parse_params
+from components.params import Params, load_params, parse_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from components import ablation as ab
-from flows.ablation import ablate_main
+from components.cli import main as cli_main
 from tests.conftest import PROJECT_ROOT, make_dvc_project, run_checked
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
@@ -69,11 +69,13 @@ def test_sweeps_run_every_stage_but_register_by_default() -> None:
 
 def test_bad_values_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = PROJECT_ROOT / "params.yaml"
-    assert ablate_main(["dedup.level", "none", "fuzzy", "--params", str(params)]) == 2
+    assert cli_main(["ablate", "dedup.level", "none", "fuzzy", "--params", str(params)]) == 2
     assert "dedup.level" in capsys.readouterr().err
-    assert ablate_main(["dedup.nonsense", "1", "--params", str(params)]) == 2
+    assert cli_main(["ablate", "dedup.nonsense", "1", "--params", str(params)]) == 2
     assert "dedup.nonsense" in capsys.readouterr().err
-    assert ablate_main(["pretrain.lr", "--params", str(params)]) == 2  # no values for a non-default key
+    assert (
+        cli_main(["ablate", "pretrain.lr", "--params", str(params)]) == 2
+    )  # no values for a non-default key
 
 
 @pytest.mark.slow
@@ -95,7 +97,7 @@ def test_ablation_flow_over_two_dedup_levels(tmp_path: Path) -> None:
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
 
     result = subprocess.run(
-        [sys.executable, "-m", "flows.ablation", "dedup.level", "none", "exact"],
+        [sys.executable, "-m", "components.cli", "ablate", "dedup.level", "none", "exact"],
         cwd=root,
         env=env,
         capture_output=True,

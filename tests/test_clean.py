@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from components.clean import PII_COUNT, run
-from components.config import ParamsError
+from components.clean import PII_COUNT, STAGE
+from components.params import ParamsError
 from components.shards import BASE_SCHEMA, content_sha256, document_id, list_shards, read_shard, write_shard
-from components.stage import StageIO, stage_main
+from components.stage_runner import call_stage, read_exclusions, stage_main
 from tests.conftest import make_params
 
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -90,7 +90,7 @@ def _documents(directory: Path) -> dict[str, dict]:
 
 def test_clean_drops_contaminated_files_and_redacts_pii(corpus: Path) -> None:
     output = corpus / "clean"
-    report = run(_params(corpus), StageIO([str(corpus / "dedup")], str(output)))
+    report = call_stage(STAGE, _params(corpus), [str(corpus / "dedup")], str(output))
 
     shards = list_shards(str(output))
     assert [Path(p).name for p in shards] == [f"part-0000{i}.parquet" for i in range(3)]
@@ -121,39 +121,28 @@ def test_clean_drops_contaminated_files_and_redacts_pii(corpus: Path) -> None:
     assert report.metrics["pii.docs"] == 2
     assert report.details["pii_rules"]["github_token"] == 1
     assert report.details["benchmarks"] == {"humaneval": 164, "mine": 1}
-    assert report.details["dropped"] == [
-        {
-            "id": document_id("org/repo", "a/he0.py"),
-            "repo": "org/repo",
-            "path": "a/he0.py",
-            "benchmark": "humaneval",
-            "task_id": "HumanEval/0",
-            "reason": "exact_substring",
-        },
-        {
-            "id": document_id("org/repo", "b/mine.py"),
-            "repo": "org/repo",
-            "path": "b/mine.py",
-            "benchmark": "mine",
-            "task_id": "Mine/1",
-            "reason": "exact_substring",
-        },
+    assert "dropped" not in report.details, "reports hold counts only"
+    excluded = read_exclusions(str(output)).to_pylist()
+    assert sorted((row["path"], row["reason"], row["detail"]) for row in excluded) == [
+        ("a/he0.py", "exact_substring", "humaneval HumanEval/0"),
+        ("b/mine.py", "exact_substring", "mine Mine/1"),
     ]
+    assert all(row["content"] and row["id"] == document_id(row["repo"], row["path"]) for row in excluded)
 
 
 def test_output_is_identical_across_runs_and_worker_counts(corpus: Path) -> None:
     first, second = corpus / "clean1", corpus / "clean2"
-    run(_params(corpus, workers=1), StageIO([str(corpus / "dedup")], str(first)))
-    run(_params(corpus, workers=2), StageIO([str(corpus / "dedup")], str(second)))  # spawn pool
+    call_stage(STAGE, _params(corpus, workers=1), [str(corpus / "dedup")], str(first))
+    call_stage(STAGE, _params(corpus, workers=2), [str(corpus / "dedup")], str(second))  # spawn pool
     for name in (f"part-0000{i}.parquet" for i in range(3)):
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
 def test_pii_disabled_and_kinds_subset(corpus: Path) -> None:
     output = corpus / "clean"
-    run(_params(corpus, pii={"enabled": False}), StageIO([str(corpus / "dedup")], str(output)))
+    call_stage(STAGE, _params(corpus, pii={"enabled": False}), [str(corpus / "dedup")], str(output))
     assert all(doc["pii_count"] == 0 for doc in _documents(output).values())
-    report = run(_params(corpus, pii={"kinds": ["key"]}), StageIO([str(corpus / "dedup")], str(output)))
+    report = call_stage(STAGE, _params(corpus, pii={"kinds": ["key"]}), [str(corpus / "dedup")], str(output))
     docs = _documents(output)
     assert "jane.doe@gmail.com" in docs["a/contacts.py"]["content"]
     assert docs["b/keys.py"]["content"].startswith("GH = '<KEY>'\nAWS_ACCESS_KEY_ID = '<KEY>'\n")
@@ -175,7 +164,7 @@ def test_cli_reports_a_malformed_benchmark_file_by_file_and_line(
     params_file = corpus / "params.yaml"  # unset sections take their defaults
     params_file.write_text(yaml.safe_dump({"clean": {"decontam": {"benchmarks": [str(bad)]}}}))
     argv = ["--params", str(params_file), "--input", str(corpus / "dedup"), "--output", str(corpus / "clean")]
-    code = stage_main("clean", run, [*argv, "--report", str(corpus / "clean.json")])
+    code = stage_main(STAGE, [*argv, "--report", str(corpus / "clean.json")])
     assert code == 2
     assert f"{bad}:2: invalid JSON" in capsys.readouterr().err
     assert not (corpus / "clean").exists()

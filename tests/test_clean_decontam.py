@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from components.clean.config import DecontamConfig
 from components.clean.decontam import (
     EXACT_SUBSTRING,
     NGRAM_OVERLAP,
@@ -21,6 +20,7 @@ from components.clean.decontam import (
     words,
 )
 from components.errors import StageError
+from components.params.clean import DecontamConfig
 
 HUMANEVAL_ONLY = DecontamConfig()
 

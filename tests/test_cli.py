@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from components.cli import main, profile_command
-from components.config import ParamsError, load_params
+from components.params import ParamsError, load_params
 from tests.conftest import PROJECT_ROOT
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ParamsError, deep_merge, flatten, load_params
+from components.params import ParamsError, deep_merge, flatten, load_params
 from tests.conftest import PROJECT_ROOT
 
 

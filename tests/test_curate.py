@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from components.config import ParamsError, load_params
-from components.curate import run
-from components.curate.config import CurateConfig, Thresholds
+from components.curate import STAGE
 from components.curate.rules import DROP_REASONS, RULES, Curator
 from components.curate.signals import SIGNAL_SCHEMA
+from components.params import ParamsError, load_params
+from components.params.curate import CurateConfig, Thresholds
 from components.shards import BASE_SCHEMA, make_document, read_shard, write_shard
-from components.stage import StageIO
+from components.stage_runner import call_stage
 from tests.conftest import PROJECT_ROOT, make_params
 
 GOOD_PYTHON = '''"""Utilities for greeting people."""
@@ -265,7 +265,7 @@ def write_input(root: Path, shards: list[list[dict[str, Any]]]) -> Path:
 def run_curate(input_dir: Path, output_dir: Path, workers: int = 1, **curate: Any):
     """Run the stage (no MLflow: ``run`` only) and return its report."""
     params = make_params(executor={"workers": workers}, **({"curate": curate} if curate else {}))
-    return run(params, StageIO([str(input_dir)], str(output_dir)))
+    return call_stage(STAGE, params, [str(input_dir)], str(output_dir))
 
 
 MIXED_SHARDS = [
@@ -352,7 +352,7 @@ def test_stage_rejects_missing_output(tmp_path: Path) -> None:
 
     input_dir = write_input(tmp_path / "in", MIXED_SHARDS[:1])
     with pytest.raises(StageError, match="--output"):
-        run(make_params(), StageIO([str(input_dir)], None))
+        call_stage(STAGE, make_params(), [str(input_dir)], None)
 
 
 def test_most_standard_library_files_are_kept(tmp_path: Path) -> None:
@@ -374,7 +374,7 @@ def test_command_line_writes_the_report(
     tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.report import read_report
-    from components.stage import stage_main
+    from components.stage_runner import stage_main
 
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["executor"]["workers"] = 1
@@ -382,7 +382,7 @@ def test_command_line_writes_the_report(
     write_input(tmp_path / "data" / "ingest", MIXED_SHARDS)
     monkeypatch.chdir(tmp_path)
     argv = ["--params", "params.yaml", "--input", "data/ingest", "--output", "data/curate"]
-    assert stage_main("curate", run, argv) == 0
+    assert stage_main(STAGE, argv) == 0
     report = read_report(tmp_path / "reports" / "curate.json")
     assert (report["files_in"], report["files_out"]) == (7, 3)
     assert report["drops"]["min_lines"] == 2 and report["drops"]["max_line_length"] == 0

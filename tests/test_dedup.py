@@ -8,14 +8,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from components.config import ParamsError
-from components.dedup import run
-from components.dedup.config import DedupConfig
+from components.dedup import STAGE
 from components.dedup.pipeline import is_permissive
 from components.errors import StageError
+from components.params import ParamsError
+from components.params.dedup import DedupConfig
 from components.report import read_report
 from components.shards import BASE_SCHEMA, content_sha256, document_id, list_shards, read_shard, write_shard
-from components.stage import StageIO, stage_main
+from components.stage_runner import call_stage, stage_main
 from tests.conftest import make_params
 
 VOCABULARY = [f"name{i}" for i in range(3000)] + ["def", "return", "self", "import", "if", "for", "in"]
@@ -109,7 +109,7 @@ def run_dedup(tmp_path: Path, documents: list[dict], n_shards: int = 1, workers:
     source = write_corpus(tmp_path / "in", documents, n_shards)
     output = str(tmp_path / "out")
     params = make_params(dedup=dedup, executor={"workers": workers})
-    report = run(params, StageIO([source], output))
+    report = call_stage(STAGE, params, [source], output)
     kept = {
         (row["repo"], row["path"]): row
         for path in list_shards(output)
@@ -210,7 +210,7 @@ def test_missing_column_is_named(tmp_path: Path) -> None:
     source.mkdir()
     write_shard(pa.table({"id": ["x"], "content": ["y"]}), str(source / "part-00000.parquet"))
     with pytest.raises(StageError, match=r"part-00000.parquet: missing column\(s\) repo, path"):
-        run(make_params(executor={"workers": 1}), StageIO([str(source)], str(tmp_path / "out")))
+        call_stage(STAGE, make_params(executor={"workers": 1}), [str(source)], str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_explicit_bands_and_rows_are_used(tmp_path: Path) -> None:
 def test_cli_reports_bad_params_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("dedup:\n  bands: 300\n  rows: 1\n", encoding="utf-8")
-    code = stage_main("dedup", run, ["--params", str(params), "--input", "x", "--output", "y"])
+    code = stage_main(STAGE, ["--params", str(params), "--input", "x", "--output", "y"])
     assert code == 2
     assert "dedup.rows" in capsys.readouterr().err
 
@@ -275,7 +275,7 @@ def test_cli_runs_the_stage_and_writes_its_report(tmp_path: Path, mlflow_uri: st
     params.write_text("executor:\n  workers: 1\ndedup:\n  level: file\n", encoding="utf-8")
     report_path = tmp_path / "reports" / "dedup.json"
     argv = ["--params", str(params), "--input", source, "--output", str(tmp_path / "out")]
-    assert stage_main("dedup", run, [*argv, "--report", str(report_path)]) == 0
+    assert stage_main(STAGE, [*argv, "--report", str(report_path)]) == 0
     report = read_report(report_path)
     assert report["drops"] == {"exact_duplicate": 6, "near_duplicate": 2}
     assert report["details"]["bands"] == 25 and report["metrics"]["dedup_ratio"] == pytest.approx(8 / 18)

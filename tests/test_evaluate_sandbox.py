@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from components.evaluate import sandbox
-from components.evaluate.config import EvaluateConfig
 from components.evaluate.humaneval import load_problems, score_samples
 from components.evaluate.sandbox import drops_privileges, run_program, run_programs
+from components.params.evaluate import EvaluateConfig
 
 
 def test_canonical_solutions_pass_and_empty_completions_fail() -> None:

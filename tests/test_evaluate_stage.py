@@ -9,10 +9,10 @@ import mlflow
 import pytest
 import torch
 
+from components.evaluate import STAGE
 from components.evaluate.generate import Decoding, extract_code, generate, prompt_budget, truncate_at_stop
-from components.evaluate.stage import run
-from components.stage import StageIO
-from components.tokenize.tokenizer import load_tokenizer
+from components.stage_runner import run_stage
+from components.tokens.tokenizer import load_tokenizer
 from components.train.model import build_model, hf_config
 from tests.conftest import make_params
 from tests.test_tokenize import corpus, tokenize, write_clean_shards
@@ -97,9 +97,9 @@ def test_stage_writes_results_summary_and_settings(workspace: Path, mlflow_uri: 
         }
     )
     output = workspace / "reports" / "eval"
-    io = StageIO([str(workspace / "models"), str(workspace / "tokenize")], str(output))
-    with mlflow.start_run() as active:
-        report = run(params, io)
+    io = STAGE.resolve([str(workspace / "models"), str(workspace / "tokenize")], str(output))
+    report = run_stage(STAGE, params, io, str(workspace / "reports" / "evaluate.json"))
+    [active] = mlflow.search_runs(filter_string="tags.`codemill.stage` = 'evaluate'", output_format="list")
     lines = [json.loads(line) for line in (output / "pretrain.jsonl").read_text().splitlines()]
     greedy = [line for line in lines if line["mode"] == "greedy"]
     sampled = [line for line in lines if line["mode"] == "sample"]
@@ -110,24 +110,30 @@ def test_stage_writes_results_summary_and_settings(workspace: Path, mlflow_uri: 
 
     summary = json.loads((workspace / "reports" / "eval.json").read_text())
     scores = summary["models"]["pretrain"]
-    assert scores["pass@1"] == scores["pass_at_1"] == sum(line["passed"] for line in greedy) / PROBLEMS
-    assert 0 <= scores["sampled_pass@2"] <= 1 and scores["problems"] == PROBLEMS
+    assert scores["pass_at_1"] == sum(line["passed"] for line in greedy) / PROBLEMS
+    assert not any("@" in key for key in scores), "one spelling of each key: pass_at_1"
+    assert 0 <= scores["sampled_pass_at_2"] <= 1 and scores["problems"] == PROBLEMS
     assert 0 < scores["bpb"] < 20  # random model over a ~400-token vocabulary
     assert summary["settings"]["temperature"] == params.evaluate.temperature
     assert summary["settings"]["stop"] == params.evaluate.stop
-    assert report.metrics["pretrain.pass_at_1"] == scores["pass@1"]
+    assert report.metrics["pretrain.pass_at_1"] == scores["pass_at_1"]
     assert report.metrics["pretrain.bpb"] == scores["bpb"]
     plot = json.loads((workspace / "reports" / "eval_scores.json").read_text())
     assert plot == [
         {
             "model": "pretrain",
-            **{k: scores[k] for k in ("pass@1", "sampled_pass@1", "sampled_pass@2", "problems", "bpb")},
+            **{
+                k: scores[k]
+                for k in ("pass_at_1", "sampled_pass_at_1", "sampled_pass_at_2", "problems", "bpb")
+            },
         }
     ]
 
-    from components.register.stage import read_eval_metrics
+    from components.register.publish import read_eval_metrics
 
-    assert read_eval_metrics(workspace / "reports" / "eval.json", "pretrain")["pass_at_1"] == scores["pass@1"]
+    assert (
+        read_eval_metrics(workspace / "reports" / "eval.json", "pretrain")["pass_at_1"] == scores["pass_at_1"]
+    )
     run_data = mlflow.get_run(active.info.run_id).data
     assert json.loads(run_data.params["eval.top_p"]) == params.evaluate.top_p
     assert json.loads(run_data.params["eval.max_new_tokens"]) == 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.tokenize.fim import apply_fim, apply_fim_batch, undo_fim
+from components.tokens.fim import apply_fim, apply_fim_batch, undo_fim
 from tests.test_tokenize import AWKWARD_TEXTS, corpus, tiny_codec
 
 DOCUMENT = 'def greet(name):\n\t"""Say hello — in Unicode ☕ 🎉."""\r\n    return f"hello {name}"  \n'

@@ -19,11 +19,11 @@ import psutil
 import pytest
 import yaml
 
+from components import services
 from components.cli import main
-from flows import services
-from flows.dvc_dag import read_dag, select
+from components.dvc_project import read_dag, select
+from components.processes import CommandFailed, run_guarded
 from flows.pipeline import DvcProgress
-from flows.process_group import CommandFailed, run_guarded
 from tests.conftest import PROJECT_ROOT, make_dvc_project
 
 STAGES = ["ingest", "curate", "dedup"]
@@ -90,7 +90,7 @@ def test_sigkill_of_the_launcher_ends_the_whole_stage_tree(tmp_path: Path) -> No
             f"""
             import sys, threading
             sys.path.insert(0, {str(PROJECT_ROOT)!r})
-            from flows.process_group import run_guarded
+            from components.processes import run_guarded
             cmd = ["sh", "-c", "sleep 3181 & setsid sleep 3182 & sleep 3183"]
             thread = threading.Thread(target=run_guarded, args=(cmd,))  # as a Prefect task thread does
             thread.start()

@@ -556,15 +556,16 @@ def test_hostfile_example_parses_as_a_deepspeed_hostfile() -> None:
 
 
 def test_multi_node_doc_matches_the_launcher_command() -> None:
-    from components.stage import StageIO
-    from components.train.config import TrainConfig
+    from components.params.training import TrainConfig
+    from components.stage_runner import StageIO
     from components.train.launch import launcher_command
 
     doc = (PROJECT_ROOT / "docs" / "multi-node.md").read_text()
     keys = ("num_gpus", "num_nodes", "hostfile", "master_port")
     assert set(keys) <= set(TrainConfig.model_fields)
     params = make_params(train={"num_gpus": 8, "num_nodes": 2, "hostfile": "hostfile", "master_port": 29500})
-    command = launcher_command(params, "pretrain", "p.json", StageIO(["data/tokenize"], "models/pretrain"))
+    io = StageIO({"tokens": "data/tokenize"}, "models/pretrain")
+    command = launcher_command(params.stage_config("pretrain"), "p.json", io)
     for key in keys:
         flag = f"--{key}"
         assert flag_value(command, flag) == str(getattr(params.train, key))
@@ -572,7 +573,7 @@ def test_multi_node_doc_matches_the_launcher_command() -> None:
     for flag in ("--module", "--no_local_rank"):
         assert flag in command and flag in doc
     assert command[command.index("--no_local_rank") + 1] == "components.train.worker"
-    assert "-m components.train.worker --stage pretrain --params-json" in doc
+    assert "-m components.train.worker --stage pretrain --job-json" in doc
 
 
 def test_multi_node_doc_states_what_deepspeed_forwards() -> None:

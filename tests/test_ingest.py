@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.config import ParamsError, parse_params
 from components.errors import StageError
-from components.ingest import run
-from components.ingest.config import SourceConfig
+from components.ingest import STAGE
 from components.ingest.sources import site_packages_files
+from components.params import ParamsError, parse_params
+from components.params.ingest import SourceConfig
 from components.report import StageReport
 from components.shards import content_sha256, document_id, list_shards, read_shard
-from components.stage import StageIO
+from components.stage_runner import call_stage
 from tests.conftest import PROJECT_ROOT, make_params, write_files
 
 GOOD = "def f():\n    return 1\n"
@@ -32,7 +32,7 @@ GOOD = "def f():\n    return 1\n"
 def ingest(output: Path, sources: list[dict[str, Any]], workers: int = 1, **ingest: Any) -> StageReport:
     """Run the stage on ``sources`` (other ingest keys as given) into ``output``."""
     params = make_params(ingest={"sources": sources, **ingest}, executor={"workers": workers})
-    return run(params, StageIO([], str(output)))
+    return call_stage(STAGE, params, [], str(output))
 
 
 def documents(output: Path) -> list[dict[str, Any]]:
@@ -336,11 +336,11 @@ def test_same_corpus_gives_identical_shards_whatever_the_workers(tmp_path: Path)
     params = {"sources": sources}
     data = {"shard_bytes": 200}
 
-    first = run(
-        make_params(ingest=params, data=data, executor={"workers": 1}), StageIO([], str(tmp_path / "a"))
+    first = call_stage(
+        STAGE, make_params(ingest=params, data=data, executor={"workers": 1}), [], str(tmp_path / "a")
     )
-    second = run(
-        make_params(ingest=params, data=data, executor={"workers": 2}), StageIO([], str(tmp_path / "b"))
+    second = call_stage(
+        STAGE, make_params(ingest=params, data=data, executor={"workers": 2}), [], str(tmp_path / "b")
     )
 
     assert len(shard_bytes(tmp_path / "a")) > 1

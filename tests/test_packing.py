@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.tokenize.dataset import TokenDataset, read_index
-from components.tokenize.fim import undo_fim
-from components.tokenize.packing import metadata_length
-from components.tokenize.tokenizer import TokenCodec
+from components.tokens.dataset import TokenDataset, read_index
+from components.tokens.fim import undo_fim
+from components.tokens.packing import metadata_length
+from components.tokens.tokenizer import TokenCodec
 from tests.test_tokenize import corpus, tokenize, write_clean_shards
 
 SEQ_LEN = 47

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.evaluate.humaneval import eval_samples_main, load_problems
+from components.cli import main
+from components.evaluate.humaneval import load_problems
 from components.evaluate.passk import mean_pass_at_k, pass_at_k
 
 
@@ -68,7 +69,7 @@ def test_eval_samples_scores_a_samples_file(tmp_path: Path, capsys: pytest.Captu
     path = _write_samples(tmp_path / "samples.jsonl", samples)
     results_path = tmp_path / "results.jsonl"
     argv = [str(path), "--k", "1,2,10", "--timeout", "1", "--workers", "2", "--results", str(results_path)]
-    assert eval_samples_main(argv) == 0
+    assert main(["eval-samples", *argv]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["pass@1"] == pytest.approx(0.5)
     assert summary["pass@2"] == pytest.approx(2 / 3)
@@ -92,12 +93,12 @@ def test_eval_samples_names_file_and_line_of_a_malformed_line(
 ) -> None:
     path = tmp_path / "samples.jsonl"
     path.write_text('{"task_id": "HumanEval/0", "completion": ""}\n\n' + bad_line + "\n", encoding="utf-8")
-    assert eval_samples_main([str(path)]) == 2
+    assert main(["eval-samples", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:3" in err and message in err
 
 
 def test_eval_samples_rejects_bad_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write_samples(tmp_path / "samples.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
-    assert eval_samples_main([str(path), "--k", "0"]) == 2
+    assert main(["eval-samples", str(path), "--k", "0"]) == 2
     assert "evaluate.k" in capsys.readouterr().err

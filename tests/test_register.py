@@ -8,22 +8,23 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.config import flatten
+from components.cli import main as cli_main
+from components.params import flatten
+from components.params.register import RegisterConfig, metric_key
 from components.register import registry as reg
-from components.register.config import RegisterConfig, metric_key
 from components.register.lineage import params_hash, read_lock
-from components.register.stage import pip_requirements, read_eval_metrics
-from tests.conftest import PROJECT_ROOT, make_params
+from components.register.publish import pip_requirements, read_eval_metrics
+from components.report import write_eval_report
+from tests.conftest import PROJECT_ROOT
 
 NAME = "codemill-unit"
 
 
 def test_read_eval_metrics_takes_the_source_stage_and_numbers_only(tmp_path: Path) -> None:
     path = tmp_path / "eval.json"
-    report = {
-        "models": {"sft": {"pass@1": 0.25, "bpb": 1.5, "n": 164, "ok": True, "note": "x"}, "anneal": {}}
-    }
-    path.write_text(json.dumps(report))
+    models = {"sft": {"pass@1": 0.25, "bpb": 1.5, "n": 164, "ok": True, "note": "x"}, "anneal": {}}
+    write_eval_report(path, models, {})
+    assert "pass@1" not in path.read_text(), "one spelling: the MLflow key"
     assert read_eval_metrics(path, "sft") == {"bpb": 1.5, "n": 164.0, "pass_at_1": 0.25}
     assert read_eval_metrics(path, "anneal") == {}
     assert read_eval_metrics(tmp_path / "absent.json", "sft") == {}
@@ -93,8 +94,13 @@ def test_lineage_reads_data_and_model_outs_from_dvc_lock(tmp_path: Path) -> None
         "clean": [("data/clean", "aa.dir")],
     }
     assert read_lock(tmp_path / "missing.lock") == {}
-    assert params_hash(make_params()) == params_hash(make_params())
-    assert params_hash(make_params()) != params_hash(make_params(model={"name": "other"}))
+    lock["stages"]["anneal"]["params"] = {"params.yaml": {"anneal.steps": 60}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    first = params_hash(tmp_path / "dvc.lock")
+    assert first == params_hash(tmp_path / "dvc.lock")
+    lock["stages"]["anneal"]["params"]["params.yaml"]["anneal.steps"] = 61
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    assert params_hash(tmp_path / "dvc.lock") != first
 
 
 @pytest.fixture
@@ -147,12 +153,12 @@ def test_promote_and_rollback_walk_the_champion_history(versions: list[str]) -> 
 def test_promote_and_rollback_commands(versions: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     params = str(PROJECT_ROOT / "params.yaml")
     common = ["--params", params, "--model", "unit", "--user", "erin"]
-    assert reg.rollback_main([*common, "--reason", "no champion yet"]) == 2
+    assert cli_main(["rollback", *common, "--reason", "no champion yet"]) == 2
     assert "has no champion" in capsys.readouterr().err
-    assert reg.promote_main([*common, versions[0], "--reason", "go"]) == 0
-    assert reg.promote_main([*common, versions[1], "--reason", "go again"]) == 0
+    assert cli_main(["promote", *common, versions[0], "--reason", "go"]) == 0
+    assert cli_main(["promote", *common, versions[1], "--reason", "go again"]) == 0
     assert "champion 1 -> 2 (by erin: go again)" in capsys.readouterr().out
-    assert reg.promote_main([*common, versions[2], "--reason", "bad"]) == 2
-    assert reg.rollback_main([*common, "--reason", "regression"]) == 0
+    assert cli_main(["promote", *common, versions[2], "--reason", "bad"]) == 2
+    assert cli_main(["rollback", *common, "--reason", "regression"]) == 0
     assert str(reg.alias_version(NAME, reg.CHAMPION).version) == versions[0]
-    assert reg.promote_main([*common, "99", "--reason", "no such"]) == 2
+    assert cli_main(["promote", *common, "99", "--reason", "no such"]) == 2

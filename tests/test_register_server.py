@@ -21,12 +21,13 @@ import psutil
 import pytest
 import requests
 
+from components.cli import main as cli_main
+from components.params.register import RegisterConfig
+from components.processes import kill_group
+from components.register import STAGE
 from components.register import registry as reg
-from components.register.config import RegisterConfig
-from components.register.serve import kill_group
-from components.register.stage import register_model
-from components.report import read_report
-from components.stage import StageIO, run_stage
+from components.report import read_report, write_eval_report
+from components.stage_runner import run_stage
 from components.tracking import PARENT_RUN_ENV, TAG_OUT_MD5, TAG_STAGE
 from tests.conftest import PROJECT_ROOT, make_params, wait_http
 
@@ -138,15 +139,11 @@ def register(
 ) -> dict[str, object]:
     """Run the register stage (in its MLflow stage run) with an eval report; returns its report."""
     eval_path = workdir / "eval.json"
-    eval_path.write_text(json.dumps({"models": {"anneal": {"pass@1": pass_at_1, "bpb": 2.0}}}))
+    write_eval_report(eval_path, {"anneal": {"pass@1": pass_at_1, "bpb": 2.0}}, {})
     config = config or RegisterConfig(source="anneal", max_new_tokens=4)
-    params = make_params(model={"name": MODEL})
+    params = make_params(model={"name": MODEL}, register=config.model_dump())
     report = workdir / "register.json"
-
-    def stage(p: object, io: StageIO) -> object:
-        return register_model(params, config, Path(io.inputs[0]), Path(io.inputs[1]))
-
-    run_stage("register", stage, params, StageIO([str(model_dir), str(eval_path)], None), str(report))
+    run_stage(STAGE, params, STAGE.resolve([str(model_dir), str(eval_path)], None), str(report))
     return read_report(report)
 
 
@@ -201,14 +198,14 @@ def test_promote_and_rollback_commands_move_champion(workdir: Path, model_dir: P
     client = mlflow.MlflowClient()
     params = str(PROJECT_ROOT / "params.yaml")
     common = ["--params", params, "--model", MODEL, "--user", "alice"]
-    assert reg.promote_main([*common, "2", "--reason", "worse model"]) == 2  # failed its gates
-    assert reg.promote_main([*common, "3", "--reason", "pass@1 0.20 > 0.10"]) == 0
+    assert cli_main(["promote", *common, "2", "--reason", "worse model"]) == 2  # failed its gates
+    assert cli_main(["promote", *common, "3", "--reason", "pass@1 0.20 > 0.10"]) == 0
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert str(champion.version) == "3"
     assert (champion.tags[reg.TAG_BY], champion.tags[reg.TAG_REASON]) == ("alice", "pass@1 0.20 > 0.10")
     assert champion.tags[reg.TAG_PREVIOUS] == "1"
 
-    assert reg.rollback_main([*common, "--reason", "bad completions"]) == 0
+    assert cli_main(["rollback", *common, "--reason", "bad completions"]) == 0
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     assert client.get_model_version(NAME, "3").tags[reg.TAG_ROLLED_BACK_REASON] == "bad completions"
     assert client.get_model_version(NAME, "1").tags[reg.TAG_REPLACED] == "3"
@@ -226,7 +223,7 @@ def test_serve_answers_post_and_leaves_no_process(server: str, workdir: Path, mo
     if reg.alias_version(NAME, reg.CHAMPION) is None:  # run on its own (-k serve)
         register(workdir, model_dir, pass_at_1=0.10)
     port = free_port()
-    code = "import sys; from components.register.serve import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+    code = "import sys; from components.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
     command = [sys.executable, "-c", code, "--model", MODEL, "--port", str(port)]
     proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": server})
     try:

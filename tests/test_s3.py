@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.config import Params
-from components.register.serve import kill_group
+from components.params import Params
+from components.processes import kill_group
 from components.report import StageReport
 from components.shards import filesystem, list_shards
-from components.stage import StageIO, run_stage
+from components.stage_runner import call_stage, run_stage
 from components.tracking import TAG_OUT_MD5, TAG_STAGE, dvc_md5
 from tests.conftest import PROJECT_ROOT, make_dvc_project, make_params, run_checked, wait_http
 
@@ -83,13 +83,14 @@ def run_data_stages(params: Params, root: str, reports: Path, tracked: bool) -> 
     results = {}
     previous: list[str] = []
     for stage in STAGES:
-        io = StageIO(previous, f"{root}/{stage}")
-        run = importlib.import_module(f"components.{stage}").run
+        spec = importlib.import_module(f"components.{stage}").STAGE
+        output = f"{root}/{stage}"
         if tracked:
-            results[stage] = run_stage(stage, run, params, io, str(reports / f"{stage}.json"))
+            io = spec.resolve(previous, output)
+            results[stage] = run_stage(spec, params, io, str(reports / f"{stage}.json"))
         else:
-            results[stage] = run(params, io)
-        previous = [io.output]
+            results[stage] = call_stage(spec, params, previous, output)
+        previous = [output]
     return results
 
 
@@ -136,8 +137,10 @@ def test_data_stages_on_s3_write_the_same_shards_as_on_local_disk(
         assert len(local_shards) >= 3, f"{stage}: expected several shards"
         assert file_hashes(f"s3://{bucket}/data/{stage}") == local_shards, stage
         assert (remote[stage].files_out, remote[stage].drops) == (local[stage].files_out, local[stage].drops)
-    # Nothing left behind: no staging directories next to the outputs, no dedup scratch files.
-    assert sorted(s3.ls(f"{bucket}/data")) == [f"{bucket}/data/{stage}" for stage in sorted(STAGES)]
+    # Nothing left behind: no staging directories next to the outputs (and their exclusion datasets), no
+    # dedup scratch files.
+    outputs = [f"{bucket}/data/{name}" for stage in STAGES for name in (stage, f"{stage}.excluded")]
+    assert sorted(s3.ls(f"{bucket}/data")) == sorted(outputs)
     assert not s3.exists(f"{bucket}/scratch") or not s3.find(f"{bucket}/scratch")
     # The tracked stage runs wrote their reports and tagged their S3 outputs' digests (the md5 DVC records).
     assert (
@@ -198,10 +201,10 @@ def test_dvc_push_then_pull_into_a_clean_clone_restores_every_output(
     run_checked(["dvc", "repro"], project, env)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     outputs = [out["path"] for stage in lock["stages"].values() for out in stage["outs"]]
-    # The shard directories (DVC-cached, pushed to the remote) and the reports (metrics, kept in git).
-    assert outputs == [
-        f"{kind}/{stage}{ext}" for stage in STAGES[:3] for kind, ext in [("data", ""), ("reports", ".json")]
-    ]
+    # The shard directories and exclusion datasets (DVC-cached, pushed to the remote) and the reports
+    # (metrics, kept in git).
+    kinds = [("data", ""), ("data", ".excluded"), ("reports", ".json")]
+    assert outputs == [f"{kind}/{stage}{ext}" for stage in STAGES[:3] for kind, ext in kinds]
     before = {out: file_hashes(str(project / out)) for out in outputs}
 
     command = documented_remote_command(f"s3://{bucket}/dvc")

@@ -55,7 +55,7 @@ def test_serve_command_targets_the_champion() -> None:
 
 def test_sigterm_is_forwarded_to_the_whole_group() -> None:
     proc = _wrapper("sleep 300 & sleep 300 & wait")
-    children = _wait_for_children(proc, 3)  # bash + 2 sleeps
+    children = _wait_for_children(proc, 4)  # the guard, bash + 2 sleeps
     groups = {os.getpgid(child.pid) for child in children}
     assert len(groups) == 1 and os.getpgid(proc.pid) not in groups  # one group of its own
     proc.send_signal(signal.SIGTERM)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from components.clean.config import DecontamConfig
 from components.clean.decontam import humaneval_file, read_benchmark
 from components.errors import StageError
+from components.params.clean import DecontamConfig
+from components.params.sft import MinedConfig, SftConfig, SftStageConfig
 from components.sft import StagedBatches, StagedSchedule, stage_steps
-from components.sft.config import MinedConfig, SftConfig, SftStageConfig
 from components.sft.data import (
     IGNORE_INDEX,
     SftBatches,
@@ -25,8 +25,8 @@ from components.sft.data import (
 )
 from components.sft.mine import mine_pairs, pairs_from_source
 from components.shards import BASE_SCHEMA, make_document, write_shard
-from components.tokenize.packing import split_paths
-from components.tokenize.tokenizer import to_transformers, train_tokenizer
+from components.tokens.packing import split_paths
+from components.tokens.tokenizer import to_transformers, train_tokenizer
 from components.train.optim import Cosine
 
 CODE = '''def add(a, b):

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components.dvc_project import stage_names
 from components.report import StageReport
-from components.summary import (
-    format_model_summary,
-    format_registry_summary,
-    format_summary,
-    load_reports,
-    pipeline_stages,
-)
+from components.summary import format_model_summary, format_registry_summary, format_summary, load_reports
 from tests.conftest import PROJECT_ROOT
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
-    stages = pipeline_stages(PROJECT_ROOT / "dvc.yaml")
+    stages = stage_names(PROJECT_ROOT / "dvc.yaml")
     assert stages[:5] == ["ingest", "curate", "dedup", "clean", "validate"]
 
 
@@ -54,7 +49,7 @@ def test_model_table_lists_stages_that_trained() -> None:
 
 def test_model_table_adds_eval_scores_and_evaluated_only_stages() -> None:
     reports = {"anneal": {"metrics": {"tokens_trained": 1000, "final_val_bpb": 2.0}}}
-    scores = {"anneal": {"pass@1": 0.25, "bpb": 2.1}, "sft": {"pass@1": 0.5, "bpb": 2.3}}
+    scores = {"anneal": {"pass_at_1": 0.25, "bpb": 2.1}, "sft": {"pass_at_1": 0.5, "bpb": 2.3}}
     lines = format_model_summary(reports, scores).splitlines()
     assert lines[0].split()[-3:] == ["pass@1", "eval", "bpb"]
     assert lines[2].split() == ["anneal", "1,000", "2.000", "-", "-", "25.0%", "2.100"]

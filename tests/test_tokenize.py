@@ -14,14 +14,14 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from components.config import ParamsError
 from components.errors import StageError
+from components.params import ParamsError
 from components.report import StageReport
 from components.shards import BASE_SCHEMA, content_sha256, document_id, list_shards, write_shard
-from components.stage import StageIO
-from components.tokenize import pipeline, run
-from components.tokenize.packing import metadata_length, split_repos, token_dtype, wants_metadata
-from components.tokenize.tokenizer import SPECIAL_TOKENS, TokenCodec, load_tokenizer, train_tokenizer
+from components.stage_runner import call_stage
+from components.tokenize import STAGE, pipeline
+from components.tokens.packing import metadata_length, split_repos, token_dtype, wants_metadata
+from components.tokens.tokenizer import SPECIAL_TOKENS, TokenCodec, load_tokenizer, train_tokenizer
 from tests.conftest import PROJECT_ROOT, make_params
 
 #: Texts a code tokenizer must round-trip byte for byte.
@@ -98,7 +98,7 @@ def tokenize(
 ) -> StageReport:
     """Run the stage with a small vocabulary (other ``tokenize`` keys as given), by default in-process."""
     params = make_params(tokenize={"vocab_size": 400, **tokenize_params}, executor=executor or {"workers": 1})
-    return run(params, StageIO([str(input_dir)], str(output)))
+    return call_stage(STAGE, params, [str(input_dir)], str(output))
 
 
 @lru_cache(maxsize=1)
@@ -257,7 +257,7 @@ def test_stage_needs_two_repos(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"tokenize\.val_fraction"):
         tokenize(clean, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(StageError, match=r"input 'documents': .*missing does not exist"):
         tokenize(tmp_path / "missing", tmp_path / "out")
 
 
@@ -286,14 +286,17 @@ def test_output_is_byte_identical_across_workers_batches_and_sharding(
 def test_tokenizer_sample_takes_training_documents_in_id_order_up_to_train_bytes(tmp_path: Path) -> None:
     documents = corpus(repos=4, files=3)
     clean = write_clean_shards(tmp_path / "clean", documents, shards=3)
-    scans = [pipeline.scan_shard(shard) for shard in list_shards(str(clean))]
+    shards = list_shards(str(clean))
+    (tmp_path / "excluded").mkdir()
+    scans = [
+        pipeline.scan_shard(pipeline.ScanTask(s, str(tmp_path / "excluded" / Path(s).name))) for s in shards
+    ]
     val_repos = frozenset({"org-1/project-1"})
     train = sorted(
         (document_id(repo, path), text)
         for (repo, path), text in documents.items()
         if text and repo not in val_repos
     )
-    shards = list_shards(str(clean))
     budget = sum(len(text.encode("utf-8")) for _, text in train[:5])
     assert list(pipeline.tokenizer_texts(shards, scans, val_repos, budget)) == [t for _, t in train[:5]]
     assert list(pipeline.tokenizer_texts(shards, scans, val_repos, 1)) == [train[0][1]]  # at least one

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from components import anneal, pretrain, tokenize
-from components.config import Params
 from components.errors import StageError
+from components.params import Params
 from components.shards import BASE_SCHEMA, content_sha256, document_id, write_shard
-from components.stage import StageIO, run_stage
+from components.stage_runner import call_stage, run_stage
 from components.train.checkpoint import LATEST
-from components.train.engine import STOP_AFTER_ENV
+from components.train.engine import RUN_FACTS, STOP_AFTER_ENV
 from tests.conftest import make_params
 
 pytestmark = pytest.mark.slow
@@ -132,20 +132,19 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
             anneal={"steps": 4, "hq_fraction": 0.5},
         )
         write_clean_corpus(root / "data/clean")
-        tokenize.run(params, StageIO(["data/clean"], "data/tokenize"))
+        call_stage(tokenize.STAGE, params, ["data/clean"], "data/tokenize")
         build_deepspeed_cpu_ops()
         yield Workspace(root, params)
 
 
 def run_pretrain(workspace: Workspace, output: str) -> dict[str, Any]:
-    run_stage(
-        "pretrain",
-        pretrain.run,
-        workspace.params,
-        StageIO(["data/tokenize"], output),
-        "reports/pretrain.json",
-    )
-    return json.loads((workspace.root / output / "training.json").read_text())
+    """Pretrain into ``output``; returns its ``training.json`` with the run's facts (timings, resume) from the
+    stage report under ``"run"``."""
+    io = pretrain.STAGE.resolve(["data/tokenize"], output)
+    report = run_stage(pretrain.STAGE, workspace.params, io, "reports/pretrain.json")
+    training = json.loads((workspace.root / output / "training.json").read_text())
+    assert not set(RUN_FACTS) & set(training), "training.json (a DVC output) holds no timings or resume facts"
+    return {**training, "run": report.details}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +185,7 @@ def test_pretrain_loss_falls_and_exports_a_plain_hf_model(
     assert reference["tokens_trained"] == STEPS * 4 * 2 * 2 * 64
     assert [entry["step"] for entry in reference["val_curve"]] == [4, 8]
     assert 0 < reference["val_bpb"] < reference["val_curve"][0]["val_bpb"]
-    assert reference["mfu"] is None and reference["tokens_per_s"] > 0  # CPU: no MFU
+    assert reference["run"]["mfu"] is None and reference["run"]["tokens_per_s"] > 0  # CPU: no MFU
     _generates(workspace.root / "models/pretrain")
 
     report = json.loads((workspace.root / "reports/pretrain.json").read_text())
@@ -216,7 +215,7 @@ def test_killed_pretraining_resumes_and_reproduces_the_loss_curve(
 
     monkeypatch.delenv(STOP_AFTER_ENV)
     resumed = run_pretrain(workspace, output)
-    assert resumed["resumed_from_step"] == 3
+    assert resumed["run"]["resumed_from_step"] == 3
     for ours, theirs in zip(resumed["curve"], reference["curve"], strict=True):
         assert ours["step"] == theirs["step"]
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=RESUME_TOLERANCE)
@@ -237,7 +236,7 @@ def test_anneal_continues_from_pretrain_with_lr_from_its_final_value_to_zero(
     inputs = ["models/pretrain", "data/tokenize", "data/clean"]
     every_step = workspace.params.train.model_copy(update={"log_every": 1})
     params = workspace.params.model_copy(update={"train": every_step})
-    run_stage("anneal", anneal.run, params, StageIO(inputs, "models/anneal"), "reports/anneal.json")
+    run_stage(anneal.STAGE, params, anneal.STAGE.resolve(inputs, "models/anneal"), "reports/anneal.json")
     summary = json.loads((workspace.root / "models/anneal/training.json").read_text())
 
     start_lr = reference["final_lr"]

@@ -17,14 +17,15 @@ import pytest
 import torch
 
 from components.anneal import MixedBatches, high_quality_ids
-from components.anneal.config import HighQualityRule
-from components.config import ParamsError, load_params
+from components.params import ParamsError, load_params
+from components.params.anneal import HighQualityRule
+from components.params.training import ModelConfig, TrainConfig
+from components.processes import CommandFailed, run_guarded
 from components.shards import write_shard
-from components.stage import StageIO
+from components.stage_runner import StageIO
 from components.train import checkpoint, metrics
-from components.train.config import ModelConfig, TrainConfig
 from components.train.engine import deepspeed_config, eval_indices
-from components.train.launch import launcher_command, run_process_group
+from components.train.launch import launcher_command
 from components.train.model import build_model, count_params, flops_params, hf_config
 from components.train.optim import Cosine, LinearToZero, WarmupStableDecay, param_groups, scheduler
 from tests.conftest import PROJECT_ROOT, make_params
@@ -195,18 +196,21 @@ def test_deepspeed_config_follows_train_params() -> None:
 
 def test_launcher_command_runs_the_worker_module_with_topology() -> None:
     params = make_params(train={"num_gpus": 8, "num_nodes": 2, "hostfile": "hosts.txt", "master_port": 29600})
-    cmd = launcher_command(params, "pretrain", "p.json", StageIO(["data/tokenize"], "models/pretrain"))
+    job = params.stage_config("pretrain")
+    cmd = launcher_command(job, "p.json", StageIO({"tokens": "data/tokenize"}, "models/pretrain"))
     assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
     text = " ".join(cmd)
     topology = "--num_gpus 8 --num_nodes 2 --hostfile hosts.txt --master_port 29600"
     assert f"{topology} --module --no_local_rank components.train.worker --stage pretrain" in text
-    assert text.endswith("--params-json p.json --input data/tokenize --output models/pretrain")
-    single = " ".join(launcher_command(make_params(), "pretrain", "p.json", StageIO([], "out")))
+    assert text.endswith("--job-json p.json --input data/tokenize --output models/pretrain")
+    single = " ".join(launcher_command(make_params().stage_config("pretrain"), "p.json", StageIO({}, "out")))
     assert "--num_nodes" not in single and "--hostfile" not in single and "--master_port " in single
 
 
-def test_process_group_forwards_the_exit_code() -> None:
-    assert run_process_group([sys.executable, "-c", "raise SystemExit(7)"], dict(os.environ)) == 7
+def test_guarded_command_forwards_the_exit_code() -> None:
+    with pytest.raises(CommandFailed) as failed:
+        run_guarded([sys.executable, "-c", "raise SystemExit(7)"], capture=False)
+    assert failed.value.returncode == 7
 
 
 def test_terminating_the_stage_terminates_the_launched_group(tmp_path: Path) -> None:
@@ -214,8 +218,8 @@ def test_terminating_the_stage_terminates_the_launched_group(tmp_path: Path) -> 
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     stage = (
         "import os, sys\n"
-        "from components.train.launch import run_process_group\n"
-        f"run_process_group([sys.executable, '-c', {child!r}], dict(os.environ))\n"
+        "from components.processes import run_guarded\n"
+        f"run_guarded([sys.executable, '-c', {child!r}], capture=False)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", stage], cwd=PROJECT_ROOT)
     deadline = time.time() + 30

@@ -11,12 +11,12 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from components.config import Params, ParamsError
 from components.errors import StageError
+from components.params import Params, ParamsError
 from components.report import StageReport, read_report
 from components.shards import BASE_SCHEMA, content_sha256, make_document, write_shard
-from components.stage import StageIO, run_stage
-from components.validate import run
+from components.stage_runner import call_stage, run_stage
+from components.validate import STAGE
 from components.validate.suite import build_suite
 from tests.conftest import PROJECT_ROOT, make_params
 
@@ -67,7 +67,7 @@ def validate(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         corpus = tmp_path / "clean"
         corpus.mkdir(exist_ok=True)
         params = make_params(executor={"workers": 1}, **sections)
-        return run(params, StageIO([write_corpus(corpus, rows, schema)], str(tmp_path / "data_docs")))
+        return call_stage(STAGE, params, [write_corpus(corpus, rows, schema)], str(tmp_path / "data_docs"))
 
     return _validate
 
@@ -212,7 +212,7 @@ def test_rerun_leaves_committed_gx_files_unchanged(
 def test_committed_suite_matches_default_params() -> None:
     stored = json.loads((PROJECT_ROOT / "gx" / "expectations" / "codemill_clean.json").read_text())
     params: Params = make_params()
-    built = build_suite(params)
+    built = build_suite(params.stage_config("validate"))
     assert [e["id"] for e in stored["expectations"]] == [e.id for e in built.expectations], (
         "gx/expectations/codemill_clean.json is out of date with params.yaml: run the validate stage "
         "(dvc repro validate) and commit gx/"
@@ -227,9 +227,9 @@ def test_stage_runner_logs_data_docs_to_mlflow(
     monkeypatch.chdir(project)
     corpus = tmp_path / "clean"
     corpus.mkdir()
-    io = StageIO([write_corpus(corpus, good_rows())], str(tmp_path / "data_docs"))
+    io = STAGE.resolve([write_corpus(corpus, good_rows())], str(tmp_path / "data_docs"))
     report_path = str(tmp_path / "validate.json")
-    run_stage("validate", run, make_params(executor={"workers": 1}), io, report_path)
+    run_stage(STAGE, make_params(executor={"workers": 1}), io, report_path)
     assert read_report(report_path)["metrics"]["success"] == 1.0
     (stage_run,) = mlflow.search_runs(
         filter_string="tags.`codemill.stage` = 'validate'", output_format="list"

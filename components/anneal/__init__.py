@@ -20,24 +20,21 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from components.anneal.config import HighQualityRule
 from components.errors import StageError
-from components.pretrain import tokenized_input
-from components.report import StageReport
+from components.params import StageContext
+from components.params.anneal import AnnealJob, HighQualityRule
 from components.shards import iter_tables
+from components.stage_runner import Stage, StageIO
+from components.tokens.dataset import TokenizedData
+from components.train.losses import Batch
 from components.train.optim import LinearToZero
-from components.train.plan import BatchSource, TrainPlan, exported_model_input
-
-if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
-    import torch
-
-    from components.config import Params
-    from components.stage import StageIO
+from components.train.plan import BatchSource, TrainPlan
+from components.train.stage import DOCUMENTS, TOKENS, model_input, run_training
 
 SIGNAL_COLUMNS = ("quality_score", "has_docstring", "has_tests")
 
@@ -54,7 +51,7 @@ class MixedBatches:
         """How many of micro steps ``0 .. step - 1`` come from the high-quality source."""
         return math.floor(step * self.hq_fraction)
 
-    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> torch.Tensor:
+    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> Batch:
         """The batch of micro step ``step`` from the source it falls on."""
         taken = self.hq_before(step)
         if self.hq_before(step + 1) > taken:
@@ -88,39 +85,30 @@ def high_quality_ids(clean_dir: str, rule: HighQualityRule, train_ids: list[str]
     return sorted(signals.index[keep])
 
 
-def train_plan(params: Params, io: StageIO) -> TrainPlan:
+def train_plan(job: AnnealJob, context: StageContext, io: StageIO) -> TrainPlan:
     """What annealing trains: the pretrained weights, LR from its final value to 0, the HQ mix."""
-    from components.tokenize.dataset import TokenDataset
-
-    model_dir = exported_model_input(io, "pretrain")
-    data_dir = tokenized_input(io, 1)
-    if len(io.inputs) < 3:
-        raise StageError("missing --input #3: the cleaned shards with quality signals (data/clean)")
+    model_dir = Path(io.input("pretrain"))
     pretrain_summary = (model_dir / "training.json").read_bytes()
     start_lr = json.loads(pretrain_summary)["final_lr"]
-    cfg, tok = params.anneal, params.tokenize
-    fim = {"fim_rate": tok.fim_rate, "fim_spm_rate": tok.fim_spm_rate}
-    base = TokenDataset(data_dir, "train", params.model.seq_len, params.project.seed, **fim)
-    hq_ids = high_quality_ids(io.inputs[2], cfg.hq_rule, base.ids)
+    cfg = job.anneal
+    data = TokenizedData(io.input("tokens"), job.model.seq_len, context.seed)
+    base = data.train(job.fim.rate, job.fim.spm_rate)
+    hq_ids = high_quality_ids(io.input("documents"), cfg.hq_rule, base.ids)
     if cfg.hq_fraction > 0 and not hq_ids:
-        raise StageError(f"anneal.hq_rule selects no training document of {io.inputs[2]}; loosen it")
-    data: BatchSource = base
+        raise StageError(f"anneal.hq_rule selects no training document of {io.input('documents')}; loosen it")
+    train_data: BatchSource = base
     if cfg.hq_fraction > 0:
-        high_quality = TokenDataset(
-            data_dir, "train", params.model.seq_len, params.project.seed, doc_ids=hq_ids, **fim
-        )
-        data = MixedBatches(base, high_quality, cfg.hq_fraction)
+        train_data = MixedBatches(base, data.train(job.fim.rate, job.fim.spm_rate, hq_ids), cfg.hq_fraction)
     return TrainPlan(
         stage="anneal",
         steps=cfg.steps,
         schedule=LinearToZero(start_lr=start_lr, steps=cfg.steps),
         weight_decay=cfg.weight_decay,
-        train_data=data,
-        data_dir=data_dir,
-        output=str(io.output),
+        train_data=train_data,
+        data=data,
+        output=io.require_output("anneal"),
         init_from=str(model_dir),
         identity={
-            "fim": [tok.fim_rate, tok.fim_spm_rate],
             "pretrain": hashlib.sha256(pretrain_summary).hexdigest(),
             "hq_ids": hashlib.sha256("\n".join(hq_ids).encode()).hexdigest(),
         },
@@ -128,12 +116,6 @@ def train_plan(params: Params, io: StageIO) -> TrainPlan:
     )
 
 
-def run(params: Params, io: StageIO) -> StageReport:
-    """Anneal the pretrained model (LR to 0) on a mix with high-quality code and export it."""
-    from components.tokenize.dataset import read_index
-    from components.train.launch import launch, training_report
+STAGE = Stage("anneal", run_training, inputs=(model_input("pretrain"), TOKENS, DOCUMENTS))
 
-    exported_model_input(io, "pretrain")
-    data_dir = tokenized_input(io, 1)
-    summary = launch("anneal", params, io)
-    return training_report("anneal", summary, read_index(data_dir), str(io.output))
+__all__ = ["STAGE", "MixedBatches", "high_quality_ids", "train_plan"]

@@ -1,4 +1,4 @@
-from components.anneal import run
-from components.stage import stage_main
+from components.anneal import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("anneal", run))
+raise SystemExit(stage_main(STAGE))

@@ -3,60 +3,49 @@
 Per shard (1 input shard -> 1 output shard of the same name, via ``map_shards``):
 
 1. decontamination (components/clean/decontam.py) on the original content: a file containing a
-   benchmark prompt or solution is dropped and listed in the report (reason ``exact_substring`` or
-   ``ngram_overlap``);
+   benchmark prompt or solution is dropped (reason ``exact_substring`` or ``ngram_overlap``) and goes,
+   with the benchmark problem it contains, to ``data/clean.excluded``;
 2. PII redaction (components/clean/pii.py) of the kept files: content, ``size_bytes`` and ``sha256``
    are updated and ``pii_count`` (int64, redactions in the document) is added.
 
 Report metrics: ``pii.<kind>`` (email, ip_address, key), ``pii.total``, ``pii.docs`` (documents with at
-least one redaction), ``decontam.dropped``; details: per-rule counts, the benchmarks, the dropped files.
+least one redaction), ``decontam.dropped``; details: per-rule counts and the benchmarks.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from components.clean import decontam, pii
-from components.clean.config import CleanConfig
-from components.errors import StageError
-from components.report import ShardCounts, StageReport
-from components.shards import (
-    atomic_output_dir,
-    content_sha256,
-    list_shards,
-    read_shard,
-    table_bytes,
-    write_shard,
+from components.params import StageContext
+from components.params.clean import CleanConfig
+from components.report import ShardResult, StageReport
+from components.shards import content_sha256, list_shards, read_shard, table_bytes, write_shard
+from components.stage_runner import (
+    Exclusions,
+    Input,
+    Stage,
+    StageIO,
+    run_shards,
+    shard_outputs,
+    summed_counters,
 )
 
-if TYPE_CHECKING:  # components.config imports components.clean.config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
-
 PII_COUNT = pa.field("pii_count", pa.int64(), nullable=False)
+EXCLUDED_COLUMNS = ["id", "repo", "path", "lang", "content", "size_bytes"]
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to clean: where it is, where it goes, with which settings."""
+    """One shard to clean: where it is, where it and its dropped documents go, with which settings."""
 
     source: str
     target: str
+    excluded: str
     config: CleanConfig
-
-
-@dataclass
-class ShardResult(ShardCounts):
-    """What cleaning one shard did (summed over shards into the report)."""
-
-    pii_rules: Counter[str] = field(default_factory=Counter)
-    pii_docs: int = 0
-    dropped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def output_schema(schema: pa.Schema) -> pa.Schema:
@@ -66,37 +55,32 @@ def output_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def clean_shard(task: ShardTask) -> ShardResult:
-    """Decontaminate and redact one shard and write it to ``task.target`` (same rows order)."""
+    """Decontaminate and redact one shard and write it to ``task.target`` (same rows order).
+
+    Counters: ``pii.rule.<rule>`` (redactions per rule) and ``pii.docs`` (documents with any).
+    """
     table = read_shard(task.source)
     result = ShardResult(files_in=table.num_rows, bytes_in=table_bytes(table))
+    excluded = Exclusions()
     index = decontam.benchmark_index(task.config.decontam) if _decontam_enabled(task.config) else None
     rules = pii.rules_for(task.config.pii.kinds) if task.config.pii.enabled else ()
     keep, contents, counts = [], [], []
-    for row, (doc_id, repo, path, content) in enumerate(
-        zip(*(table[name].to_pylist() for name in ("id", "repo", "path", "content")), strict=True)
-    ):
+    for row, content in enumerate(table["content"].to_pylist()):
         found = index.first_contamination(content) if index is not None else None
         if found is not None:
-            result.drops[found.reason] += 1
-            result.dropped.append(
-                {
-                    "id": doc_id,
-                    "repo": repo,
-                    "path": path,
-                    "benchmark": found.benchmark,
-                    "task_id": found.task_id,
-                    "reason": found.reason,
-                }
-            )
+            document = {name: table[name][row].as_py() for name in EXCLUDED_COLUMNS}
+            excluded.drop(found.reason, document, f"{found.benchmark} {found.task_id}")
             continue
         redacted, rule_counts = pii.redact(content, rules)
         keep.append(row)
         contents.append(redacted)
         counts.append(rule_counts.total())
-        result.pii_rules += rule_counts
-        result.pii_docs += bool(rule_counts)
+        result.counters.update({f"pii.rule.{name}": n for name, n in rule_counts.items()})
+        result.counters["pii.docs"] += bool(rule_counts)
     cleaned = _cleaned_table(table.take(pa.array(keep, pa.int64())), contents, counts)
     write_shard(cleaned, task.target)
+    excluded.write(task.excluded)
+    result.drops = excluded.counts
     result.files_out, result.bytes_out = cleaned.num_rows, table_bytes(cleaned)
     return result
 
@@ -118,40 +102,31 @@ def _decontam_enabled(config: CleanConfig) -> bool:
     return config.decontam.include_humaneval or bool(config.decontam.benchmarks)
 
 
-def run(params: Params, io: StageIO) -> StageReport:
+def run(config: CleanConfig, context: StageContext, io: StageIO) -> StageReport:
     """Drop files containing benchmark problems (HumanEval + listed files); redact emails, IPs and keys."""
-    from components.executor import map_shards  # imports components.config, which imports this package
-
-    if len(io.inputs) != 1 or not io.output:
-        raise StageError("clean needs exactly one --input directory and an --output directory")
-    config = params.clean
     report = StageReport(stage="clean")
+    report.merge_drops(dict.fromkeys(decontam.DROP_REASONS, 0))
     if _decontam_enabled(config):
         index = decontam.benchmark_index(config.decontam)  # here first: a bad benchmark file fails early
         report.details["benchmarks"] = dict(Counter(problem.benchmark for problem in index.problems))
         report.details["benchmark_strings"] = len(index.needles)
         report.details["benchmark_ngrams"] = len(index.ngrams)
-    sources = list_shards(io.inputs[0])
-    with atomic_output_dir(io.output) as staging:
-        tasks = [ShardTask(source, f"{staging}/{PurePosixPath(source).name}", config) for source in sources]
-        results = map_shards(clean_shard, tasks, params.executor)
-    _fill_report(report, results, config)
-    return report
-
-
-def _fill_report(report: StageReport, results: list[ShardResult], config: CleanConfig) -> None:
-    rule_counts: Counter[str] = Counter()
-    report.merge_drops(dict.fromkeys(decontam.DROP_REASONS, 0))
-    dropped: list[dict[str, Any]] = []
-    for result in results:
-        report.add_counts(result)
-        rule_counts += result.pii_rules
-        dropped += result.dropped
+    sources = list_shards(io.input("documents"))
+    with shard_outputs(io.require_output("clean")) as out:
+        tasks = [ShardTask(source, out.shard(source), out.exclusions(source), config) for source in sources]
+        results = run_shards(clean_shard, tasks, context, report)
+    counters = summed_counters(results)
+    rule_counts = Counter({name: int(counters[f"pii.rule.{name}"]) for name in pii.RULE_NAMES})
     by_kind = pii.counts_by_kind(rule_counts)
     report.metrics.update({f"pii.{kind}": float(n) for kind, n in by_kind.items()})
     report.metrics["pii.total"] = float(sum(by_kind.values()))
-    report.metrics["pii.docs"] = float(sum(result.pii_docs for result in results))
-    report.metrics["decontam.dropped"] = float(len(dropped))
+    report.metrics["pii.docs"] = float(counters["pii.docs"])
+    report.metrics["decontam.dropped"] = float(sum(report.drops[reason] for reason in decontam.DROP_REASONS))
     report.details["pii_kinds"] = list(config.pii.kinds) if config.pii.enabled else []
-    report.details["pii_rules"] = {name: rule_counts[name] for name in pii.RULE_NAMES}
-    report.details["dropped"] = dropped
+    report.details["pii_rules"] = dict(rule_counts)
+    return report
+
+
+STAGE = Stage("clean", run, inputs=(Input("documents"),))
+
+__all__ = ["PII_COUNT", "STAGE", "run"]

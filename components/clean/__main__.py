@@ -1,4 +1,4 @@
-from components.clean import run
-from components.stage import stage_main
+from components.clean import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("clean", run))
+raise SystemExit(stage_main(STAGE))

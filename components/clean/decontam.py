@@ -31,8 +31,8 @@ from pathlib import PurePosixPath
 
 import xxhash
 
-from components.clean.config import DecontamConfig
 from components.errors import StageError
+from components.params.clean import DecontamConfig
 from components.shards import filesystem, iter_jsonl
 
 EXACT_SUBSTRING = "exact_substring"

@@ -1,4 +1,4 @@
-"""The curate stage: heuristic filters of design.md §3, with quality signals kept as columns.
+"""The curate stage: heuristic filters (docs/data-recipe.md), with quality signals kept as columns.
 
 Each input shard maps to one output shard of the same name holding the surviving documents: every input
 column, then these signal columns (stable names; later stages select on them, e.g. annealing's
@@ -22,49 +22,48 @@ high-quality subset). Fractions are over all characters of the content, whitespa
 | ``quality_score`` | float | in [0, 1]: half text quality, a quarter each docstrings and tests (see below) |
 
 ``quality_score`` is defined in ``signals.quality_score``; rules, thresholds and the per-language table
-are in ``rules.py`` and ``config.py``. The report counts drops per rule name (zeros included) and, in
-``details.languages``, kept/dropped documents per language.
+are in ``rules.py`` and ``components/params/curate.py``. The report counts drops per rule name (zeros
+included) and, in ``details.languages``, kept/dropped documents per language; the dropped documents,
+with their rule and its threshold, go to ``data/curate.excluded``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 
-from components.curate.config import CurateConfig
-from components.curate.rules import DROP_REASONS, Curator
+from components.curate.rules import DROP_REASONS, INVALID_TEXT, Curator
 from components.curate.signals import SIGNAL_SCHEMA, Signals
 from components.errors import StageError
-from components.executor import map_shards
-from components.report import ShardCounts, StageReport
-from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes, write_shard
+from components.params import StageContext
+from components.params.curate import CurateConfig
+from components.report import ShardResult, StageReport
+from components.shards import list_shards, read_shard, table_bytes, write_shard
+from components.stage_runner import (
+    Exclusions,
+    Input,
+    Stage,
+    StageIO,
+    run_shards,
+    shard_outputs,
+    summed_counters,
+)
 
-if TYPE_CHECKING:  # components.config imports components.curate.config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
-
-REQUIRED_COLUMNS = ("lang", "content", "size_bytes")
+#: Columns of a dropped document kept in the exclusion dataset (besides its content).
+EXCLUDED_COLUMNS = ["id", "repo", "path", "lang", "size_bytes"]
+REQUIRED_COLUMNS = (*EXCLUDED_COLUMNS, "content")
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to curate: where to read, where to write, and the rules."""
+    """One shard to curate: where to read, where to write the survivors and the dropped, the rules."""
 
     input_path: str
     output_path: str
+    excluded_path: str
     config: CurateConfig
-
-
-@dataclass
-class ShardResult(ShardCounts):
-    """Counts of one curated shard."""
-
-    quality_sum: float = 0.0
-    #: language -> {"kept": n, "dropped": n}
-    languages: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 def decoded_contents(table: pa.Table) -> list[str]:
@@ -83,54 +82,75 @@ def with_signal_columns(table: pa.Table, signals: list[Signals]) -> pa.Table:
 
 
 def curate_shard(task: ShardTask) -> ShardResult:
-    """Filter one shard and write the survivors, with their signal columns, to ``task.output_path``."""
+    """Filter one shard and write the survivors, with their signal columns, to ``task.output_path``.
+
+    Counters: ``quality_sum`` (of kept documents) and ``lang.<lang>.kept`` / ``lang.<lang>.dropped``.
+    """
     table = read_shard(task.input_path)
     missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
     if missing:
         raise StageError(f"{task.input_path}: missing column(s) {', '.join(missing)}")
     curator = Curator(task.config)
     result = ShardResult(files_in=table.num_rows, bytes_in=table_bytes(table))
+    excluded = Exclusions()
     kept_rows: list[int] = []
     kept_signals: list[Signals] = []
-    rows = zip(
-        decoded_contents(table), table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True
-    )
-    for index, (content, lang, size_bytes) in enumerate(rows):
+    dropped: list[tuple[int, str, str]] = []
+    contents = decoded_contents(table)
+    for index, (content, lang, size_bytes) in enumerate(
+        zip(contents, table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True)
+    ):
         reason, signals = curator.judge(content, lang, size_bytes)
-        counts = result.languages.setdefault(lang, Counter(kept=0, dropped=0))
-        if reason is None:
+        if reason is None and signals is not None:
             kept_rows.append(index)
             kept_signals.append(signals)
-            counts["kept"] += 1
-            result.quality_sum += signals["quality_score"]
+            result.counters[f"lang.{lang}.kept"] += 1
+            result.counters["quality_sum"] += signals["quality_score"]
         else:
-            result.drops[reason] += 1
-            counts["dropped"] += 1
+            reason = reason or INVALID_TEXT
+            result.counters[f"lang.{lang}.dropped"] += 1
+            dropped.append((index, reason, curator.explain(reason, signals, lang)))
+    rows = table.take(pa.array([index for index, _, _ in dropped], pa.int64()))
+    for (index, reason, detail), row in zip(dropped, rows.select(EXCLUDED_COLUMNS).to_pylist(), strict=True):
+        text = contents[index].encode("utf-8", "replace").decode("utf-8")  # no lone surrogates in Parquet
+        excluded.drop(reason, {**row, "content": text}, detail)
     kept = with_signal_columns(table.take(pa.array(kept_rows, pa.int64())), kept_signals)
     write_shard(kept, task.output_path)
+    excluded.write(task.excluded_path)
+    result.drops = excluded.counts
     result.files_out, result.bytes_out = kept.num_rows, table_bytes(kept)
     return result
 
 
-def run(params: Params, io: StageIO) -> StageReport:
+def language_counts(counters: Mapping[str, float]) -> dict[str, dict[str, int]]:
+    """``{lang: {"kept": n, "dropped": n}}`` from the ``lang.<lang>.<kept|dropped>`` counters."""
+    languages: dict[str, dict[str, int]] = {}
+    for key, value in counters.items():
+        if key.startswith("lang."):
+            lang, outcome = key[len("lang.") :].rsplit(".", 1)
+            languages.setdefault(lang, {"kept": 0, "dropped": 0})[outcome] = int(value)
+    return dict(sorted(languages.items()))
+
+
+def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport:
     """Drop documents that fail the heuristic filters of params.curate; keep quality signals as columns."""
-    if len(io.inputs) != 1 or not io.output:
-        raise StageError("curate needs exactly one --input directory and an --output directory")
-    shards = list_shards(io.inputs[0])
     report = StageReport(stage="curate")
     report.merge_drops(dict.fromkeys(DROP_REASONS, 0))
-    with atomic_output_dir(io.output) as tmp:
-        tasks = [ShardTask(path, f"{tmp}/{path.rsplit('/', 1)[-1]}", params.curate) for path in shards]
-        results = map_shards(curate_shard, tasks, params.executor)
-    languages: dict[str, Counter[str]] = {}
-    quality_sum = 0.0
-    for result in results:
-        report.add_counts(result)
-        quality_sum += result.quality_sum
-        for lang, counts in result.languages.items():
-            languages.setdefault(lang, Counter(kept=0, dropped=0)).update(counts)
-    report.details["languages"] = {lang: dict(counts) for lang, counts in sorted(languages.items())}
+    with shard_outputs(io.require_output("curate")) as out:
+        tasks = [
+            ShardTask(path, out.shard(path), out.exclusions(path), config)
+            for path in list_shards(io.input("documents"))
+        ]
+        results = run_shards(curate_shard, tasks, context, report)
+    counters = summed_counters(results)
+    report.details["languages"] = language_counts(counters)
     report.metrics["kept_fraction"] = report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["kept_bytes_fraction"] = report.bytes_out / report.bytes_in if report.bytes_in else 0.0
+    quality_sum = counters["quality_sum"]
     report.metrics["mean_quality_score"] = quality_sum / report.files_out if report.files_out else 0.0
     return report
+
+
+STAGE = Stage("curate", run, inputs=(Input("documents"),))
+
+__all__ = ["STAGE", "run"]

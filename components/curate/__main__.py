@@ -1,4 +1,4 @@
-from components.curate import run
-from components.stage import stage_main
+from components.curate import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("curate", run))
+raise SystemExit(stage_main(STAGE))

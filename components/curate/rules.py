@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components.curate.config import CurateConfig, Thresholds
 from components.curate.signals import Signals, compute_signals
+from components.params.curate import CurateConfig, Thresholds
 
 #: Not configurable: text that cannot be written as UTF-8 Parquet or parsed (NUL, lone surrogates).
 INVALID_TEXT = "invalid_text"
@@ -65,6 +65,9 @@ RULES: tuple[Rule, ...] = (
 DROP_REASONS: tuple[str, ...] = (INVALID_TEXT, DROPPED_LANGUAGE, *(rule.name for rule in RULES))
 
 
+RULES_BY_NAME = {rule.name: rule for rule in RULES}
+
+
 def first_failing_rule(signals: Signals, thresholds: Thresholds) -> str | None:
     """Name of the first rule that drops the document, or None to keep it."""
     for rule in RULES:
@@ -109,3 +112,12 @@ class Curator:
         signals = compute_signals(content, lang, self.markers)
         signals["size_bytes"] = size_bytes
         return first_failing_rule(signals, self.thresholds(lang)), signals
+
+    def explain(self, reason: str, signals: Signals | None, lang: str) -> str:
+        """Why a document was dropped, for the exclusion dataset: ``mean_line_length=131.2 (max 100.0)``."""
+        rule = RULES_BY_NAME.get(reason)
+        if rule is None or signals is None:
+            return f"lang={lang}"
+        value = signals[rule.signal]
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return f"{rule.signal}={shown} (threshold {getattr(self.thresholds(lang), rule.name)}, lang={lang})"

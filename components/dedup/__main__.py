@@ -1,4 +1,4 @@
-from components.dedup import run
-from components.stage import stage_main
+from components.dedup import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("dedup", run))
+raise SystemExit(stage_main(STAGE))

@@ -163,7 +163,9 @@ def jaccard(shingles_a: np.ndarray, shingles_b: np.ndarray) -> float:
     return common / (union - common)
 
 
-def collision_probability(similarity: np.ndarray, bands: int, rows: int) -> np.ndarray:
+def collision_probability(
+    similarity: np.ndarray, bands: int | np.ndarray, rows: int | np.ndarray
+) -> np.ndarray:
     """Probability that two documents of Jaccard ``similarity`` share at least one LSH bucket."""
     return 1.0 - (1.0 - similarity**rows) ** bands
 

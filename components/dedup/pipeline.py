@@ -17,8 +17,6 @@ import fnmatch
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +29,6 @@ from components.dedup.clusters import (
     connected_components,
     unique_pairs,
 )
-from components.dedup.config import DedupConfig
 from components.dedup.minhash import (
     MinHasher,
     band_hashes,
@@ -42,13 +39,12 @@ from components.dedup.minhash import (
 )
 from components.errors import StageError
 from components.executor import map_shards, run_one
-from components.report import StageReport
-from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes, write_shard
+from components.params import ExecutorConfig, StageContext
+from components.params.dedup import DedupConfig
+from components.report import ShardResult, StageReport
+from components.shards import list_shards, read_shard, table_bytes, write_shard
+from components.stage_runner import Exclusions, OutputDirs, StageIO, run_shards, shard_outputs
 from components.storage import load_array, load_rows, save_array, work_directory
-
-if TYPE_CHECKING:  # components.config imports components.dedup.config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
 
 REQUIRED_COLUMNS = ("id", "repo", "path", "content", "size_bytes", "license", "stars")
 CLUSTER_COLUMNS = (
@@ -61,6 +57,8 @@ KEPT, EXACT, NEAR, REPO = 0, 1, 2, 3
 DROP_REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate", REPO: "repo_duplicate"}
 LEVEL_REASONS = {"none": (), "exact": (EXACT,), "file": (EXACT, NEAR), "repo": (REPO,)}
 
+#: Columns of a dropped document kept in the exclusion dataset.
+EXCLUDED_COLUMNS = ("id", "repo", "path", "lang", "content", "size_bytes", "dup_cluster")
 #: Candidate pairs rechecked per task of the Jaccard step.
 PAIRS_PER_TASK = 20_000
 _LICENSE_SEPARATOR = re.compile(r",|/|\s+or\s+")
@@ -196,17 +194,19 @@ def pair_similarities(task: JaccardTask) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WriteTask:
-    """One output shard: the input rows to keep and their cluster columns (``None``: keep all, singletons)."""
+    """One output shard: each input row's decision and cluster columns (``None``: keep all, singletons)."""
 
     shard: str
     output: str
-    keep: np.ndarray | None = None
+    excluded: str
+    reason: np.ndarray | None = None
     dup_cluster: pa.Array | None = None
     dup_cluster_size: np.ndarray | None = None
 
 
-def write_kept_rows(task: WriteTask) -> tuple[int, int, int, int]:
-    """Write the kept rows of a shard with the cluster columns; returns files and bytes in and out."""
+def write_kept_rows(task: WriteTask) -> ShardResult:
+    """Write the kept rows of a shard with the cluster columns, and the dropped ones (their cluster as the
+    detail) to the exclusion dataset."""
     table = read_checked(task.shard)
     for field in CLUSTER_COLUMNS:
         if field.name in table.column_names:
@@ -215,9 +215,16 @@ def write_kept_rows(task: WriteTask) -> tuple[int, int, int, int]:
     sizes = task.dup_cluster_size if task.dup_cluster_size is not None else np.ones(table.num_rows, np.int64)
     table = table.append_column(CLUSTER_COLUMNS[0], pa.chunked_array([cluster], pa.string()))
     table = table.append_column(CLUSTER_COLUMNS[1], pa.chunked_array([pa.array(sizes, pa.int64())]))
-    kept = table if task.keep is None else table.filter(pa.array(task.keep))
+    reason = task.reason if task.reason is not None else np.zeros(table.num_rows, np.int8)
+    kept = table.filter(pa.array(reason == KEPT))
+    excluded = Exclusions()
+    dropped = np.flatnonzero(reason != KEPT)
+    documents = table.take(pa.array(dropped, pa.int64())).select(list(EXCLUDED_COLUMNS)).to_pylist()
+    for row, document in zip(dropped, documents, strict=True):
+        excluded.drop(DROP_REASONS[int(reason[row])], document, f"cluster {document['dup_cluster']}")
     write_shard(kept, task.output)
-    return table.num_rows, table_bytes(table), kept.num_rows, table_bytes(kept)
+    excluded.write(task.excluded)
+    return ShardResult(table.num_rows, kept.num_rows, table_bytes(table), table_bytes(kept), excluded.counts)
 
 
 # -------------------------------------------------------------------------------------------- global step
@@ -410,7 +417,7 @@ def lsh_shape(config: DedupConfig) -> tuple[int, int]:
     return optimal_bands_rows(config.threshold, config.num_perm)
 
 
-def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
+def decide(corpus: Corpus, config: DedupConfig, executor: ExecutorConfig) -> Decisions:
     """Cluster the units and choose survivors: the global step."""
     docs = corpus.features
     units = repo_units(docs) if config.level == "repo" else file_units(docs)
@@ -426,11 +433,11 @@ def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
         representative[exact_pairs[:, 1]] = False  # exact copies share their group's signature
         members, bounds = units.members
         candidate_task = CandidateTask(corpus.prefixes, members, bounds, representative, bands, rows)
-        candidates = run_one(lsh_candidates, candidate_task, params.executor)
+        candidates = run_one(lsh_candidates, candidate_task, executor)
         near_pairs = candidates
         if config.verify_jaccard and len(candidates):
             tasks = jaccard_tasks(corpus, units, candidates)
-            similarity = np.concatenate(map_shards(pair_similarities, tasks, params.executor))
+            similarity = np.concatenate(map_shards(pair_similarities, tasks, executor))
             near_pairs = candidates[similarity >= config.threshold]
         metrics.update(
             candidate_pairs=len(candidates),
@@ -438,7 +445,7 @@ def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
             jaccard_false_positives=len(candidates) - len(near_pairs),
         )
     union_find = functools.partial(connected_components, units.count)
-    roots = run_one(union_find, np.concatenate([exact_pairs, near_pairs]), params.executor)
+    roots = run_one(union_find, np.concatenate([exact_pairs, near_pairs]), executor)
     cluster_sizes = np.bincount(roots, minlength=units.count)
     metrics["duplicate_clusters"] = int(np.sum(cluster_sizes > 1))
 
@@ -460,14 +467,7 @@ def decide(corpus: Corpus, config: DedupConfig, params: Params) -> Decisions:
 # ---------------------------------------------------------------------------------------------- the stage
 
 
-def check_io(io: StageIO) -> tuple[str, str]:
-    """The one input and the output directory."""
-    if len(io.inputs) != 1 or not io.output:
-        raise StageError(f"dedup needs exactly one --input and an --output (got {io.inputs}, {io.output})")
-    return io.inputs[0], io.output
-
-
-def extract_corpus(shards: list[str], work_dir: str, config: DedupConfig, params: Params) -> Corpus:
+def extract_corpus(shards: list[str], work_dir: str, config: DedupConfig, executor: ExecutorConfig) -> Corpus:
     """Map :func:`shard_features` over the shards and gather the per-document arrays."""
     prefixes = tuple(f"{work_dir.rstrip('/')}/{index:05d}" for index in range(len(shards)))
     patterns = tuple(pattern.lower() for pattern in config.permissive_licenses)
@@ -483,27 +483,27 @@ def extract_corpus(shards: list[str], work_dir: str, config: DedupConfig, params
         )
         for shard, prefix in zip(shards, prefixes, strict=True)
     ]
-    parts = map_shards(shard_features, tasks, params.executor)
+    parts = map_shards(shard_features, tasks, executor)
     shard_bounds = np.cumsum([0] + [len(part.ids) for part in parts])
     return Corpus(concat_features(parts), shard_bounds, prefixes)
 
 
 def write_tasks(
-    shards: list[str], output_dir: str, corpus: Corpus | None, decisions: Decisions | None
+    shards: list[str], out: OutputDirs, corpus: Corpus | None, decisions: Decisions | None
 ) -> list[WriteTask]:
     """One task per input shard, writing the shard of the same name; no decisions: keep everything."""
     tasks = []
     for index, shard in enumerate(shards):
-        output = f"{output_dir}/{Path(shard).name}"
         if corpus is None or decisions is None:
-            tasks.append(WriteTask(shard=shard, output=output))
+            tasks.append(WriteTask(shard, out.shard(shard), out.exclusions(shard)))
             continue
         start, stop = int(corpus.shard_bounds[index]), int(corpus.shard_bounds[index + 1])
         tasks.append(
             WriteTask(
-                shard=shard,
-                output=output,
-                keep=decisions.reason[start:stop] == KEPT,
+                shard,
+                out.shard(shard),
+                out.exclusions(shard),
+                reason=decisions.reason[start:stop],
                 dup_cluster=decisions.dup_cluster[start:stop],
                 dup_cluster_size=decisions.dup_cluster_size[start:stop],
             )
@@ -511,28 +511,20 @@ def write_tasks(
     return tasks
 
 
-def run(params: Params, io: StageIO) -> StageReport:
+def run(config: DedupConfig, context: StageContext, io: StageIO) -> StageReport:
     """Remove exact and near-duplicate files (or repositories) and tag every kept file's cluster."""
-    config = params.dedup
-    input_dir, output_dir = check_io(io)
-    shards = list_shards(input_dir)
+    shards = list_shards(io.input("documents"))
     report = StageReport(stage="dedup")
+    report.merge_drops({DROP_REASONS[code]: 0 for code in LEVEL_REASONS[config.level]})
     corpus = decisions = None
-    with work_directory(params.executor.work_dir, prefix="codemill-dedup-") as work_dir:
+    with work_directory(context.executor.work_dir, prefix="codemill-dedup-") as work_dir:
         if config.level != "none":
-            corpus = extract_corpus(shards, work_dir, config, params)
-            decisions = decide(corpus, config, params)
+            corpus = extract_corpus(shards, work_dir, config, context.executor)
+            decisions = decide(corpus, config, context.executor)
             report.metrics.update(decisions.metrics)
             report.details.update(decisions.details)
-            drops = {
-                DROP_REASONS[code]: int(np.sum(decisions.reason == code))
-                for code in LEVEL_REASONS[config.level]
-            }
-            report.merge_drops(drops)
-        with atomic_output_dir(output_dir) as staging:
-            tasks = write_tasks(shards, staging, corpus, decisions)
-            counts = np.array(map_shards(write_kept_rows, tasks, params.executor)).reshape(-1, 4).sum(axis=0)
-    report.files_in, report.bytes_in, report.files_out, report.bytes_out = (int(n) for n in counts)
+        with shard_outputs(io.require_output("dedup")) as out:
+            run_shards(write_kept_rows, write_tasks(shards, out, corpus, decisions), context, report)
     report.metrics["dedup_ratio"] = 1 - report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["dedup_byte_ratio"] = 1 - report.bytes_out / report.bytes_in if report.bytes_in else 0.0
     return report

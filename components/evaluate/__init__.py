@@ -1,21 +1,12 @@
-"""HumanEval evaluation: an isolated execution sandbox, the unbiased pass@k estimator and sample scoring.
+"""The evaluate stage: HumanEval in an execution sandbox, the unbiased pass@k estimator, bits per byte.
 
-The stage logic is in ``stage.py`` (generation in ``generate.py``). Kept light: ``components.config``
-imports ``components.evaluate.config``, so nothing here may import ``components.config`` at import time.
+The stage is :mod:`~components.evaluate.evaluator` (generation in ``generate.py``, scoring in
+``humaneval.py``, the sandbox in ``sandbox.py`` and its fork server ``fork_server.py``).
 """
 
-from __future__ import annotations
+from components.evaluate.evaluator import run
+from components.stage_runner import Input, Stage
 
-from typing import TYPE_CHECKING
+STAGE = Stage("evaluate", run, inputs=(Input("models", "dir"), Input("tokens", "tokens")))
 
-if TYPE_CHECKING:
-    from components.config import Params
-    from components.report import StageReport
-    from components.stage import StageIO
-
-
-def run(params: Params, io: StageIO) -> StageReport:
-    """Evaluate the exported models on HumanEval (sandboxed pass@k) and validation bits per byte."""
-    from components.evaluate.stage import run as run_evaluate
-
-    return run_evaluate(params, io)
+__all__ = ["STAGE", "run"]

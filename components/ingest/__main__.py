@@ -1,4 +1,4 @@
-from components.ingest import run
-from components.stage import stage_main
+from components.ingest import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("ingest", run))
+raise SystemExit(stage_main(STAGE))

@@ -2,7 +2,7 @@
 
 Work comes as picklable tasks (a chunk of local files, or one table file / saved dataset) so that
 :func:`read_task` can be mapped over them with ``components.executor.map_shards``. Every skip goes
-through the same checks and is counted in ``TaskResult.drops`` under one of the reasons below.
+through the same checks and is recorded in ``TaskResult.excluded`` under one of the reasons below.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import math
 import os
 import stat
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from components.errors import StageError
 from components.ingest.languages import language_of, normalize_language
 from components.shards import filesystem, make_document
+from components.stage_runner import Exclusions
 
 # Skip reasons (report.drops keys).
 BINARY = "binary"
@@ -79,7 +79,7 @@ class TaskResult:
 
     source_index: int
     documents: list[dict[str, Any]] = field(default_factory=list)
-    drops: Counter[str] = field(default_factory=Counter)
+    excluded: Exclusions = field(default_factory=Exclusions)
     files_seen: int = 0
     bytes_read: int = 0
 
@@ -153,16 +153,17 @@ class LocalFilesTask:
         result = TaskResult(self.source_index, files_seen=len(self.files))
         for file in self.files:
             lang, reason = self.rules.language(file.path)
-            data: bytes | str | None = None
-            if reason is None:
+            text = None
+            if lang is not None:
                 data, reason = read_local_file(file.location, self.rules.max_file_bytes)
-            if reason is None:
-                result.bytes_read += len(data)
-                data, reason = decode_content(data, self.rules.max_file_bytes)
-            if reason is not None:
-                result.drops[reason] += 1
+                if data is not None:
+                    result.bytes_read += len(data)
+                    text, reason = decode_content(data, self.rules.max_file_bytes)
+            if lang is None or text is None:
+                where = {"repo": file.repo, "path": file.path, "lang": lang}
+                result.excluded.drop(reason or UNREADABLE, where)
                 continue
-            result.documents.append(make_document(file.repo, file.path, lang, data, file.license))
+            result.documents.append(make_document(file.repo, file.path, lang, text, file.license))
         return result
 
 
@@ -238,23 +239,27 @@ class TableTask:
         result.files_seen += 1
         repo, path = row.get(mapping["repo"]), row.get(mapping["path"])
         if not isinstance(repo, str) or not isinstance(path, str) or not repo or not path:
-            result.drops[MISSING_METADATA] += 1
+            shown = {"repo": str(repo) if repo else None, "path": str(path) if path else None}
+            result.excluded.drop(MISSING_METADATA, shown, detail=self.url)
             return
         repo = f"{self.repo_prefix}/{repo}" if self.repo_prefix else repo
         declared = row.get(mapping["lang"]) if "lang" in mapping else None
         lang, reason = self.rules.language(path, declared if isinstance(declared, str) else None)
         content = row.get(mapping["content"])
-        if reason is None and not isinstance(content, str | bytes):
-            reason = EMPTY
-        if reason is None:
-            result.bytes_read += len(content) if isinstance(content, bytes) else len(content.encode("utf-8"))
-            content, reason = decode_content(content, self.rules.max_file_bytes)
-        if reason is not None:
-            result.drops[reason] += 1
+        text = None
+        if lang is not None:
+            if isinstance(content, str | bytes):
+                raw = content if isinstance(content, bytes) else content.encode("utf-8")
+                result.bytes_read += len(raw)
+                text, reason = decode_content(content, self.rules.max_file_bytes)
+            else:
+                reason = EMPTY
+        if lang is None or text is None:
+            result.excluded.drop(reason or EMPTY, {"repo": repo, "path": path, "lang": lang}, detail=self.url)
             return
         license = license_text(row.get(mapping["license"])) if "license" in mapping else None
         stars = star_count(row.get(mapping["stars"])) if "stars" in mapping else None
-        result.documents.append(make_document(repo, path, lang, content, license, stars))
+        result.documents.append(make_document(repo, path, lang, text, license, stars))
 
     def _row_batches(self, result: TaskResult) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, a batch at a time, whatever the format."""
@@ -267,8 +272,8 @@ class TableTask:
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=ROWS_PER_BATCH):
-                yield batch.to_pylist()
+            for record_batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=ROWS_PER_BATCH):
+                yield record_batch.to_pylist()
             return
         with fs.open(path, "rt", encoding="utf-8", compression="infer") as handle:
             batch: list[dict[str, Any]] = []
@@ -281,7 +286,7 @@ class TableTask:
                     row = None
                 if not isinstance(row, dict):
                     result.files_seen += 1
-                    result.drops[BAD_RECORD] += 1
+                    result.excluded.drop(BAD_RECORD, {}, detail=f"{self.url}: {line[:200]}")
                     continue
                 batch.append(row)
                 if len(batch) == ROWS_PER_BATCH:

@@ -11,15 +11,14 @@ import os
 import re
 import stat
 import sysconfig
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import PurePosixPath
+from typing import Any
 
 import fsspec
 
 from components.errors import StageError
-from components.ingest.config import SourceConfig
 from components.ingest.readers import (
     SYMLINK_DIR,
     SYMLINK_LOOP,
@@ -30,7 +29,9 @@ from components.ingest.readers import (
     TableTask,
     Task,
 )
+from components.params.ingest import SourceConfig
 from components.shards import filesystem
+from components.stage_runner import Exclusions
 
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 #: Third-party code inside the stdlib directory is not part of the standard library.
@@ -55,7 +56,7 @@ class SourcePlan:
     """The read tasks of one source, plus entries skipped while listing it (counted as seen)."""
 
     tasks: list[Task] = field(default_factory=list)
-    drops: Counter[str] = field(default_factory=Counter)
+    excluded: Exclusions = field(default_factory=Exclusions)
 
 
 @dataclass
@@ -63,11 +64,12 @@ class WalkResult:
     """Files found under a directory (posix paths relative to it) and entries skipped on the way."""
 
     files: list[str] = field(default_factory=list)
-    drops: Counter[str] = field(default_factory=Counter)
+    excluded: Exclusions = field(default_factory=Exclusions)
 
 
-def walk_files(root: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS) -> WalkResult:
-    """Every non-directory entry under ``root``, sorted; directory symlinks are counted, not followed."""
+def walk_files(root: str, repo: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS) -> WalkResult:
+    """Every non-directory entry under ``root``, sorted; directory symlinks are recorded (with ``repo``
+    and their path) as skipped, not followed."""
     result = WalkResult()
     pending = [(root, "")]
     while pending:
@@ -76,7 +78,7 @@ def walk_files(root: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS) -> WalkRe
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError:
-            result.drops[UNREADABLE] += 1
+            result.excluded.drop(UNREADABLE, {"repo": repo, "path": prefix or "."})
             continue
         for entry in entries:
             relative = prefix + entry.name
@@ -84,7 +86,8 @@ def walk_files(root: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS) -> WalkRe
                 if entry.name not in skipped_dirs:
                     pending.append((entry.path, relative + "/"))
             elif entry.is_symlink() and _points_to_directory(entry.path):
-                result.drops[SYMLINK_LOOP if _links_to_ancestor(entry.path) else SYMLINK_DIR] += 1
+                reason = SYMLINK_LOOP if _links_to_ancestor(entry.path) else SYMLINK_DIR
+                result.excluded.drop(reason, {"repo": repo, "path": relative})
             else:
                 # Files, file symlinks, broken or looping symlinks and special files: the reader decides.
                 result.files.append(relative)
@@ -119,17 +122,17 @@ def _prefixed(prefix: str, repo: str) -> str:
     return f"{prefix}/{repo}" if prefix else repo
 
 
-def stdlib_files(source: SourceConfig) -> tuple[list[LocalFile], Counter[str]]:
+def stdlib_files(source: SourceConfig) -> tuple[list[LocalFile], Exclusions]:
     """The running interpreter's standard library: one repo per top-level module or package."""
     root = sysconfig.get_paths()["stdlib"]
-    walked = walk_files(root, STDLIB_SKIPPED_DIRS)
+    walked = walk_files(root, source.repo_prefix, STDLIB_SKIPPED_DIRS)
     files = []
     for relative in walked.files:
         top = relative.split("/", 1)[0]
         module = top if "/" in relative else PurePosixPath(top).stem
         repo = _prefixed(source.repo_prefix, module)
         files.append(LocalFile(repo, relative, os.path.join(root, relative), STDLIB_LICENSE))
-    return files, walked.drops
+    return files, walked.excluded
 
 
 def _distribution_name(dist: metadata.Distribution) -> str:
@@ -139,10 +142,11 @@ def _distribution_name(dist: metadata.Distribution) -> str:
 
 def _distribution_license(dist: metadata.Distribution) -> str | None:
     """The distribution's SPDX ``License-Expression``, or a short one-line ``License`` field."""
-    expression = dist.metadata.get("License-Expression")
+    fields: Any = dist.metadata  # an email.message.Message (typed as the PackageMetadata protocol)
+    expression = fields.get("License-Expression")
     if expression:
-        return expression
-    license = (dist.metadata.get("License") or "").strip()
+        return str(expression)
+    license = str(fields.get("License") or "").strip()
     return license if license and "\n" not in license and len(license) <= 64 else None
 
 
@@ -168,14 +172,14 @@ def site_packages_files(source: SourceConfig) -> list[LocalFile]:
     return files
 
 
-def local_files(source: SourceConfig) -> tuple[list[LocalFile], Counter[str]]:
+def local_files(source: SourceConfig) -> tuple[list[LocalFile], Exclusions]:
     """Files under each directory of a ``local`` source.
 
     A directory that is a git work tree is one repo named after it; otherwise each subdirectory is a
     repo, and files directly in the directory form a repo named after the directory.
     """
     files: list[LocalFile] = []
-    drops: Counter[str] = Counter()
+    excluded = Exclusions()
     for directory in source.paths:
         if not os.path.isdir(directory):
             problem = "is not a directory" if os.path.exists(directory) else "does not exist"
@@ -183,8 +187,8 @@ def local_files(source: SourceConfig) -> tuple[list[LocalFile], Counter[str]]:
         root = os.path.abspath(directory)
         own_name = os.path.basename(root)
         is_work_tree = os.path.exists(os.path.join(root, ".git"))
-        walked = walk_files(root)
-        drops.update(walked.drops)
+        walked = walk_files(root, _prefixed(source.repo_prefix, own_name))
+        excluded.merge(walked.excluded)
         for relative in walked.files:
             top, _, rest = relative.partition("/")
             if is_work_tree or not rest:
@@ -192,7 +196,7 @@ def local_files(source: SourceConfig) -> tuple[list[LocalFile], Counter[str]]:
             else:
                 repo, path = top, rest
             files.append(LocalFile(_prefixed(source.repo_prefix, repo), path, os.path.join(root, relative)))
-    return files, drops
+    return files, excluded
 
 
 def _table_format(path: str, requested: str) -> str | None:
@@ -249,12 +253,12 @@ def plan_source(source_index: int, source: SourceConfig, rules: FileRules) -> So
             raise StageError(f"ingest: {source.describe()}: no Parquet/JSONL files or saved datasets found")
         return plan
     if source.kind == "python-stdlib":
-        files, plan.drops = stdlib_files(source)
+        files, plan.excluded = stdlib_files(source)
     elif source.kind == "site-packages":
         files = site_packages_files(source)
     else:
-        files, plan.drops = local_files(source)
-    if not files and not plan.drops:
+        files, plan.excluded = local_files(source)
+    if not files and not plan.excluded.counts:
         raise StageError(f"ingest: {source.describe()}: no files found")
     plan.tasks = _chunked(files, source_index, rules)
     return plan

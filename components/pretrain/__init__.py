@@ -8,22 +8,18 @@ params resumes from the latest one. Engine and launch: ``components/train/``; se
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from components.errors import StageError
-from components.report import StageReport
+from components.params import StageContext
+from components.params.pretrain import PretrainJob
+from components.stage_runner import Stage, StageIO
+from components.tokens.dataset import TokenizedData
 from components.train.optim import Cosine, WarmupStableDecay
 from components.train.plan import TrainPlan
-
-if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
+from components.train.stage import TOKENS, run_training
 
 
-def schedule(params: Params) -> WarmupStableDecay | Cosine:
+def schedule(job: PretrainJob) -> WarmupStableDecay | Cosine:
     """The pretraining LR schedule from ``pretrain:`` params."""
-    cfg = params.pretrain
+    cfg = job.pretrain
     if cfg.schedule == "cosine":
         return Cosine(lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps)
     return WarmupStableDecay(
@@ -31,47 +27,20 @@ def schedule(params: Params) -> WarmupStableDecay | Cosine:
     )
 
 
-def tokenized_input(io: StageIO, position: int = 0) -> str:
-    """The tokenize output among the stage inputs, checked to exist."""
-    if len(io.inputs) <= position:
-        raise StageError(f"missing --input #{position + 1}: the tokenize output (data/tokenize)")
-    data_dir = io.inputs[position]
-    if not (Path(data_dir) / "index.json").is_file():
-        raise StageError(f"{data_dir}: no index.json (did the tokenize stage run?)")
-    return data_dir
-
-
-def train_plan(params: Params, io: StageIO) -> TrainPlan:
+def train_plan(job: PretrainJob, context: StageContext, io: StageIO) -> TrainPlan:
     """What pretraining trains: random init, the train split with FIM, the pretraining schedule."""
-    from components.tokenize.dataset import TokenDataset
-
-    data_dir = tokenized_input(io)
-    tok = params.tokenize
-    data = TokenDataset(
-        data_dir,
-        "train",
-        params.model.seq_len,
-        params.project.seed,
-        fim_rate=tok.fim_rate,
-        fim_spm_rate=tok.fim_spm_rate,
-    )
+    data = TokenizedData(io.input("tokens"), job.model.seq_len, context.seed)
     return TrainPlan(
         stage="pretrain",
-        steps=params.pretrain.steps,
-        schedule=schedule(params),
-        weight_decay=params.pretrain.weight_decay,
-        train_data=data,
-        data_dir=data_dir,
-        output=str(io.output),
-        identity={"fim": [tok.fim_rate, tok.fim_spm_rate]},
+        steps=job.pretrain.steps,
+        schedule=schedule(job),
+        weight_decay=job.pretrain.weight_decay,
+        train_data=data.train(job.fim.rate, job.fim.spm_rate),
+        data=data,
+        output=io.require_output("pretrain"),
     )
 
 
-def run(params: Params, io: StageIO) -> StageReport:
-    """Pretrain the model from scratch with DeepSpeed and export a Hugging Face checkpoint."""
-    from components.tokenize.dataset import read_index
-    from components.train.launch import launch, training_report
+STAGE = Stage("pretrain", run_training, inputs=(TOKENS,))
 
-    data_dir = tokenized_input(io)
-    summary = launch("pretrain", params, io)
-    return training_report("pretrain", summary, read_index(data_dir), str(io.output))
+__all__ = ["STAGE", "train_plan"]

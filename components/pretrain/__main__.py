@@ -1,4 +1,4 @@
-from components.pretrain import run
-from components.stage import stage_main
+from components.pretrain import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("pretrain", run))
+raise SystemExit(stage_main(STAGE))

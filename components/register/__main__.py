@@ -1,4 +1,4 @@
-from components.register import run
-from components.stage import stage_main
+from components.register import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("register", run))
+raise SystemExit(stage_main(STAGE))

@@ -9,31 +9,34 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from components.config import Params
-from components.register.config import metric_key
+from components.report import metric_key
 from components.tracking import TAG_OUT_MD5, TAG_STAGE, git_state
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a type only: mlflow takes seconds to import
     from mlflow import MlflowClient
 
 #: Only these outs of dvc.lock are lineage (not reports/ metrics files).
 LINEAGE_PREFIXES = ("data/", "models/")
 
 
-def params_hash(params: Params) -> str:
-    """sha256 of all params (canonical JSON): equal hashes mean the same configuration."""
-    dumped = json.dumps(params.model_dump(by_alias=True, mode="json"), sort_keys=True)
-    return hashlib.sha256(dumped.encode("utf-8")).hexdigest()
+def _lock_stages(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+
+
+def params_hash(lock_path: str | Path = "dvc.lock") -> str:
+    """sha256 of the params ``dvc.lock`` records for every stage (canonical JSON): equal hashes mean the
+    model was built with the same configuration."""
+    recorded = {stage: entry.get("params", {}) for stage, entry in sorted(_lock_stages(lock_path).items())}
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def read_lock(path: str | Path = "dvc.lock") -> dict[str, list[tuple[str, str]]]:
     """Stage -> ``[(out path, md5)]`` of the data/ and models/ outs recorded in ``dvc.lock`` ({} if none)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
     lock: dict[str, list[tuple[str, str]]] = {}
-    for stage, entry in sorted(stages.items()):
+    for stage, entry in sorted(_lock_stages(path).items()):
         outs = [
             (out["path"], out["md5"])
             for out in entry.get("outs", [])
@@ -82,13 +85,11 @@ def upstream_run_ids(
     return found
 
 
-def lineage_tags(
-    params: Params, client: MlflowClient, run: Any, lock_path: str | Path = "dvc.lock"
-) -> dict[str, str]:
+def lineage_tags(client: MlflowClient, run: Any, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     """Version tags tracing a model back: git state, params hash, dvc.lock md5s and upstream run ids."""
     lock = read_lock(lock_path)
     tags = {f"lineage.{key}": value for key, value in git_state().items()}
-    tags["lineage.params.sha256"] = params_hash(params)
+    tags["lineage.params.sha256"] = params_hash(lock_path)
     for outs in lock.values():
         tags.update({metric_key(f"lineage.dvc.{path}"): md5 for path, md5 in outs})
     parent = run.data.tags.get("mlflow.parentRunId")

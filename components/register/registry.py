@@ -1,6 +1,6 @@
 """The model registry side of codemill: gates, and moving alias ``champion`` by hand (promote, rollback).
 
-Conventions (design.md §2): registered model ``codemill-<model.name>``; alias ``challenger`` is the newest
+Conventions (docs/registry.md): registered model ``codemill-<model.name>``; alias ``challenger`` is the newest
 version that passed the gates, alias ``champion`` is the one served. Eval metrics live on each version as
 tags ``eval.<metric>``; every move of ``champion`` is recorded on the versions as ``champion.*`` tags
 (who, why, when, which version it replaced), so ``rollback`` can walk back the chain of champions.
@@ -8,19 +8,17 @@ tags ``eval.<metric>``; every move of ``champion`` is recorded on the versions a
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import operator
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from components.config import DEFAULT_PARAMS, ParamsError, load_params
 from components.errors import StageError
-from components.register.config import RegisterConfig, metric_key
+from components.params.register import RegisterConfig
+from components.report import metric_key
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: mlflow takes seconds to import, and is imported where it is used
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
@@ -116,6 +114,23 @@ def gate_report(results: list[GateResult]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- reading the registry
+
+
+def connect(tracking_uri: str) -> None:
+    """Point the registry calls of this process at ``tracking_uri``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def reported(action: Callable[[], str]) -> str:
+    """Run a registry ``action``; an MLflow error (unknown model or version...) becomes a RegistryError."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return action()
+    except MlflowException as exc:
+        raise RegistryError(exc.message) from exc
 
 
 def _client(client: MlflowClient | None) -> MlflowClient:
@@ -219,67 +234,3 @@ def rollback(
     tags = {TAG_ACTION: "rollback", TAG_BY: user, TAG_REASON: reason, TAG_AT: _now()}
     _set_tags(client, name, target_version, {**tags, TAG_REPLACED: current_version})
     return current_version, target_version
-
-
-# ---------------------------------------------------------------- command line
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter file (default: params.yaml)")
-    parser.add_argument("--model", default=None, help="model.name to act on (default: from params)")
-    parser.add_argument("--reason", required=True, help="why (recorded as a version tag)")
-    parser.add_argument("--user", default=None, help="who (default: the login name)")
-    return parser
-
-
-def _target(args: argparse.Namespace) -> tuple[str, str]:
-    """Point MLflow at the project's tracking URI; returns ``(registered name, user)``."""
-    import mlflow
-
-    from components.tracking import tracking_uri
-
-    params = load_params(args.params)
-    mlflow.set_tracking_uri(tracking_uri(params))
-    return registered_name(args.model or params.model.name), args.user or getpass.getuser()
-
-
-def _run_cli(prog: str, action: Any) -> int:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        print(action())
-    except (ParamsError, StageError, MlflowException) as exc:
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def promote_main(argv: list[str] | None = None) -> int:
-    """``codemill promote VERSION --reason ...``: make a registered version the champion."""
-    parser = _parser("codemill promote", promote_main.__doc__ or "")
-    parser.add_argument("version", help="model version to promote")
-    parser.add_argument("--force", action="store_true", help="promote even if the version failed its gates")
-    args = parser.parse_args(argv)
-
-    def action() -> str:
-        name, user = _target(args)
-        previous = promote(name, args.version, args.reason, user, force=args.force)
-        return f"{name}: {CHAMPION} {previous or '(none)'} -> {args.version} (by {user}: {args.reason})"
-
-    return _run_cli("codemill promote", action)
-
-
-def rollback_main(argv: list[str] | None = None) -> int:
-    """``codemill rollback --reason ... [--to VERSION]``: move the champion back to the previous one."""
-    parser = _parser("codemill rollback", rollback_main.__doc__ or "")
-    parser.add_argument("--to", default=None, help="version to roll back to (default: the previous champion)")
-    args = parser.parse_args(argv)
-
-    def action() -> str:
-        name, user = _target(args)
-        old, new = rollback(name, args.reason, user, to_version=args.to)
-        return f"{name}: {CHAMPION} {old} -> {new} (rollback by {user}: {args.reason})"
-
-    return _run_cli("codemill rollback", action)

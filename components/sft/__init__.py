@@ -19,21 +19,20 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from components.errors import StageError
-from components.pretrain import tokenized_input
-from components.report import StageReport
+from components.params import StageContext
+from components.params.sft import SftJob, SftStageConfig
+from components.sft.data import Example, SftBatches, encode_conversation, pair_messages, read_conversations
+from components.sft.mine import mine_pairs
+from components.stage_runner import Stage, StageIO
+from components.tokens.dataset import TokenizedData
+from components.train.losses import Batch
 from components.train.optim import Cosine
-from components.train.plan import BatchSource, TrainPlan, exported_model_input
-
-if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
-    import torch
-
-    from components.config import Params
-    from components.sft.config import SftStageConfig
-    from components.sft.data import Example
-    from components.stage import StageIO
+from components.train.plan import BatchSource, TrainPlan
+from components.train.stage import DOCUMENTS, TOKENS, model_input, run_training
 
 
 @dataclass(frozen=True)
@@ -55,24 +54,18 @@ class StagedBatches:
     starts: tuple[int, ...]
     sources: tuple[BatchSource, ...]
 
-    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> tuple[torch.Tensor, ...]:
+    def batch(self, step: int, micro_batch: int, rank: int, world_size: int) -> Batch:
         """The batch of micro step ``step`` from the stage it falls in."""
         stage = max(k for k, start in enumerate(self.starts) if start <= step)
         return self.sources[stage].batch(step - self.starts[stage], micro_batch, rank, world_size)
-
-
-def clean_input(io: StageIO) -> str:
-    """The cleaned shards (third input), where the default pairs are mined."""
-    if len(io.inputs) < 3:
-        raise StageError("missing --input #3: the cleaned shards (data/clean), where SFT pairs are mined")
-    return io.inputs[2]
 
 
 def stage_steps(stage: SftStageConfig, examples: int, examples_per_step: int) -> int:
     """Optimizer steps of a stage: its ``steps``, or ``epochs`` passes over its examples."""
     if stage.steps is not None:
         return stage.steps
-    return max(1, math.ceil(stage.epochs * examples / examples_per_step))
+    epochs = stage.epochs or 1.0  # the config requires one of steps and epochs
+    return max(1, math.ceil(epochs * examples / examples_per_step))
 
 
 def stage_schedule(stage: SftStageConfig, steps: int) -> Cosine:
@@ -82,15 +75,10 @@ def stage_schedule(stage: SftStageConfig, steps: int) -> Cosine:
     )
 
 
-def sft_examples(
-    params: Params, io: StageIO, tokenizer: Any
-) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, list[Example]], dict[str, Any]]:
     """The tokenized examples of each stage (by name) and what was read, mined and dropped."""
-    from components.sft.data import encode_conversation, pair_messages, read_conversations
-    from components.sft.mine import mine_pairs
-
-    cfg = params.sft
-    max_len = params.model.seq_len + 1
+    cfg = job.sft
+    max_len = job.model.seq_len + 1
     details: dict[str, Any] = {"mined_pairs": 0, "mined_drops": {}, "stages": []}
     mined = None
     result: dict[str, list[Example]] = {}
@@ -101,9 +89,7 @@ def sft_examples(
             if not cfg.mined.enabled:
                 raise StageError(f"sft stage {stage.name!r} lists no data and sft.mined.enabled is false")
             if mined is None:
-                pairs, drops = mine_pairs(
-                    clean_input(io), tokenized_input(io, 1), cfg.mined, params.clean.decontam
-                )
+                pairs, drops = mine_pairs(io.input("documents"), io.input("tokens"), cfg.mined, job.decontam)
                 mined = [pair_messages(pair.instruction, pair.response) for pair in pairs]
                 details["mined_pairs"], details["mined_drops"] = len(pairs), dict(sorted(drops.items()))
             conversations = mined
@@ -138,24 +124,21 @@ def _examples_digest(examples: dict[str, list[Example]]) -> str:
     return digest.hexdigest()
 
 
-def train_plan(params: Params, io: StageIO) -> TrainPlan:
+def train_plan(job: SftJob, context: StageContext, io: StageIO) -> TrainPlan:
     """What SFT trains: the annealed weights, then each ``sft.stages`` entry in turn on its examples."""
-    from components.sft.data import SftBatches
-    from components.tokenize.dataset import load_tokenizer
-
-    model_dir = exported_model_input(io, "anneal")
-    data_dir = tokenized_input(io, 1)
-    tokenizer = load_tokenizer(data_dir)
-    examples, details = sft_examples(params, io, tokenizer)
+    model_dir = Path(io.input("anneal"))
+    data = TokenizedData(io.input("tokens"), job.model.seq_len, context.seed)
+    tokenizer = data.tokenizer
+    examples, details = sft_examples(job, io, tokenizer)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    examples_per_step = params.train.micro_batch * params.train.grad_accum * world
+    examples_per_step = job.train.micro_batch * job.train.grad_accum * world
     steps, sources, schedules = [], [], []
-    for stage, stage_examples in zip(params.sft.stages, examples.values(), strict=True):
+    for stage, stage_examples in zip(job.sft.stages, examples.values(), strict=True):
         count = stage_steps(stage, len(stage_examples), examples_per_step)
         steps.append(count)
         schedules.append(stage_schedule(stage, count))
         sources.append(
-            SftBatches(stage_examples, params.project.seed, tokenizer.pad_token_id, params.model.seq_len + 1)
+            SftBatches(stage_examples, context.seed, tokenizer.pad_token_id, job.model.seq_len + 1)
         )
         details["stages"][len(steps) - 1]["steps"] = count
     starts = tuple(sum(steps[:k]) for k in range(len(steps)))
@@ -164,34 +147,21 @@ def train_plan(params: Params, io: StageIO) -> TrainPlan:
         stage="sft",
         steps=sum(steps),
         schedule=StagedSchedule(starts, tuple(schedules)),
-        weight_decay=params.sft.weight_decay,
-        train_data=StagedBatches(tuple(start * params.train.grad_accum for start in starts), tuple(sources)),
-        data_dir=data_dir,
-        output=str(io.output),
+        weight_decay=job.sft.weight_decay,
+        train_data=StagedBatches(tuple(start * job.train.grad_accum for start in starts), tuple(sources)),
+        data=data,
+        output=io.require_output("sft"),
         init_from=str(model_dir),
         identity={
             "anneal": hashlib.sha256(anneal_summary).hexdigest(),
             "examples": _examples_digest(examples),
         },
         details={"sft": details},
+        report_drops=details["mined_drops"],
+        report_metrics={"sft_examples": sum(stage["examples"] for stage in details["stages"])},
     )
 
 
-def run(params: Params, io: StageIO) -> StageReport:
-    """Instruction-tune the annealed model, stage after stage, and export it."""
-    from components.tokenize.dataset import read_index
-    from components.train.launch import launch, training_report
+STAGE = Stage("sft", run_training, inputs=(model_input("anneal"), TOKENS, DOCUMENTS))
 
-    exported_model_input(io, "anneal")
-    data_dir = tokenized_input(io, 1)
-    summary = launch("sft", params, io)
-    report = training_report("sft", summary, read_index(data_dir), str(io.output))
-    for reason, count in summary.get("sft", {}).get("mined_drops", {}).items():
-        report.count_drop(reason, count)
-    report.metrics["sft_examples"] = sum(
-        stage["examples"] for stage in summary.get("sft", {}).get("stages", [])
-    )
-    return report
-
-
-__all__ = ["run", "train_plan"]
+__all__ = ["STAGE", "StagedBatches", "StagedSchedule", "stage_steps", "train_plan"]

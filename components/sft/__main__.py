@@ -1,4 +1,4 @@
-from components.sft import run
-from components.stage import stage_main
+from components.sft import STAGE
+from components.stage_runner import stage_main
 
-raise SystemExit(stage_main("sft", run))
+raise SystemExit(stage_main(STAGE))

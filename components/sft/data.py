@@ -25,7 +25,7 @@ import torch
 from components.errors import StageError
 from components.shards import iter_jsonl
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a type only: transformers takes seconds to import
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -95,9 +95,10 @@ def _segments(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, c
     def render(turns: Sequence[Message], add_generation_prompt: bool) -> str:
         if not turns and not add_generation_prompt:
             return ""
-        return tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             list(turns), tokenize=False, add_generation_prompt=add_generation_prompt
         )
+        return str(text)
 
     done = ""
     for number, message in enumerate(messages):

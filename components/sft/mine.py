@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.clean.config import DecontamConfig
 from components.clean.decontam import benchmark_index
 from components.errors import StageError
-from components.sft.config import MinedConfig
+from components.params.clean import DecontamConfig
+from components.params.sft import MinedConfig
 from components.shards import iter_tables
-from components.tokenize.packing import split_paths, unit_hash
+from components.tokens.packing import split_paths, unit_hash
 
 INSTRUCTIONS = {
     "function": "Complete the body of this Python function so that it does what its docstring says.",
@@ -71,11 +71,12 @@ def pairs_from_source(source: str, min_body_lines: int = 2) -> list[tuple[str, s
         if ast.get_docstring(node) is None or len(node.body) < 2:
             continue
         docstring_node, rest = node.body[0], node.body[1:]
-        if rest[-1].end_lineno - rest[0].lineno + 1 < min_body_lines:
+        last_line = rest[-1].end_lineno or rest[-1].lineno  # ast sets end_lineno on parsed code
+        if last_line - rest[0].lineno + 1 < min_body_lines:
             continue
         start = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
-        header = _lines(lines, start, docstring_node.end_lineno)
-        whole = _lines(lines, start, node.end_lineno)
+        header = _lines(lines, start, docstring_node.end_lineno or docstring_node.lineno)
+        whole = _lines(lines, start, node.end_lineno or last_line)
         pairs.append((f"{INSTRUCTIONS[kind]}\n\n{_code_block(header)}", _code_block(whole)))
     return pairs
 

@@ -1,4 +1,4 @@
-from components.stage import stage_main
-from components.tokenize import run
+from components.stage_runner import stage_main
+from components.tokenize import STAGE
 
-raise SystemExit(stage_main("tokenize", run))
+raise SystemExit(stage_main(STAGE))

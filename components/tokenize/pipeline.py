@@ -5,7 +5,7 @@ the Dask cluster when ``executor.address`` is set):
 
 1. per shard, :func:`scan_shard`: counts, and the id, repo and UTF-8 size of every non-empty document;
 2. global, in the stage process: hold out whole repos for validation
-   (:func:`~components.tokenize.packing.split_repos`) and train byte-level BPE on the training split,
+   (:func:`~components.tokens.packing.split_repos`) and train byte-level BPE on the training split,
    streamed shard by shard (BPE training does not depend on the order of its texts), or on its first
    ``train_bytes`` in id order;
 3. per shard, :func:`encode_shard`: encode training documents (a StarCoder metadata prefix on a
@@ -18,7 +18,7 @@ the Dask cluster when ``executor.address`` is set):
 
 The output is byte-identical whichever executor ran it and however the input is cut into shards (ties
 on (repo, path) keep shard order). FIM is not applied here but per epoch by
-:class:`components.tokenize.dataset.TokenDataset`.
+:class:`components.tokens.dataset.TokenDataset`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +38,12 @@ from tokenizers import Tokenizer
 
 from components.errors import StageError
 from components.executor import map_shards
-from components.report import StageReport
-from components.shards import atomic_output_dir, list_shards, read_shard, table_bytes
-from components.tokenize.packing import (
+from components.params import StageContext
+from components.params.tokenize import TokenizeConfig
+from components.report import Artifact, StageReport
+from components.shards import list_shards, read_shard, table_bytes
+from components.stage_runner import Exclusions, StageIO, shard_outputs
+from components.tokens.packing import (
     INDEX_FILE,
     SPLITS,
     Document,
@@ -52,11 +55,7 @@ from components.tokenize.packing import (
     wants_metadata,
     write_split_index,
 )
-from components.tokenize.tokenizer import TOKENIZER_DIR, TokenCodec, to_transformers, train_tokenizer
-
-if TYPE_CHECKING:  # components.config imports this package's config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
+from components.tokens.tokenizer import TOKENIZER_DIR, TokenCodec, to_transformers, train_tokenizer
 
 INDEX_FORMAT = 1
 COLUMNS = ["id", "repo", "path", "content", "stars"]
@@ -92,10 +91,24 @@ class ShardScan:
         return self.rows - len(self.ids)
 
 
-def scan_shard(shard: str) -> ShardScan:
-    """Count one shard's rows and content bytes; list its non-empty documents (module-level: mapped)."""
-    table = read_shard(shard, columns=["id", "repo", "content", "size_bytes"])
+@dataclasses.dataclass(frozen=True)
+class ScanTask:
+    """One shard to scan, and where its dropped (empty) documents go."""
+
+    shard: str
+    excluded: str
+
+
+def scan_shard(task: ScanTask) -> ShardScan:
+    """Count one shard's rows and content bytes; list its non-empty documents and record the empty ones
+    (module-level: mapped)."""
+    table = read_shard(task.shard, columns=["id", "repo", "path", "lang", "content", "size_bytes"])
     kept = non_empty(table)
+    excluded = Exclusions()
+    empty = pc.equal(pc.fill_null(pc.binary_length(table["content"]), 0), 0)
+    for document in table.filter(empty).drop_columns(["content"]).to_pylist():
+        excluded.drop(EMPTY_CONTENT, document)
+    excluded.write(task.excluded)
     return ShardScan(
         rows=table.num_rows,
         bytes_in=table_bytes(table),
@@ -126,7 +139,8 @@ def tokenizer_texts(
         for row, (doc_id, repo, size) in enumerate(zip(scan.ids, scan.repos, scan.sizes, strict=True))
         if repo not in val_repos
     )
-    chosen, total = [], 0
+    chosen: list[tuple[int, int]] = []
+    total = 0
     for _, shard_index, row, size in ranked:
         if chosen and total + size > max_bytes:
             break
@@ -272,50 +286,46 @@ def shard_batches(scans: Sequence[ShardScan], max_bytes: int) -> list[list[int]]
     return batches
 
 
-def run(params: Params, io: StageIO) -> StageReport:
+def run(config: TokenizeConfig, context: StageContext, io: StageIO) -> StageReport:
     """Train the byte-level BPE tokenizer and pack the train/val token files the trainer reads."""
-    config = params.tokenize
-    if len(io.inputs) != 1 or not io.output:
-        raise StageError("tokenize: needs one --input (the clean shards) and --output")
-    if "://" in io.output:
-        raise StageError(
-            f"tokenize: --output {io.output}: must be a local directory (training memory-maps it)"
-        )
+    source, output = io.input("documents"), io.require_output("tokenize")
+    if "://" in output:
+        raise StageError(f"tokenize: --output {output}: must be a local directory (training memory-maps it)")
     report = StageReport("tokenize")
-    shards = list_shards(io.inputs[0])  # a clear error when the input is missing
-    scans = map_shards(scan_shard, shards, params.executor)
-    report.files_in = sum(scan.rows for scan in scans)
-    report.bytes_in = sum(scan.bytes_in for scan in scans)
-    empty = sum(scan.empty for scan in scans)
-    if empty:
-        report.count_drop(EMPTY_CONTENT, empty)
-    try:
-        val_repos = split_repos([repo for scan in scans for repo in scan.repos], config.val_fraction)
-    except ValueError as exc:
-        raise StageError(
-            f"tokenize: {io.inputs[0]}: cannot hold out tokenize.val_fraction by repo: {exc}"
-        ) from exc
+    shards = list_shards(source)
+    seed, executor = context.seed, context.executor
+    with shard_outputs(output) as out:
+        scans = map_shards(scan_shard, [ScanTask(shard, out.exclusions(shard)) for shard in shards], executor)
+        report.files_in = sum(scan.rows for scan in scans)
+        report.bytes_in = sum(scan.bytes_in for scan in scans)
+        empty = sum(scan.empty for scan in scans)
+        if empty:
+            report.count_drop(EMPTY_CONTENT, empty)
+        try:
+            val_repos = split_repos([repo for scan in scans for repo in scan.repos], config.val_fraction)
+        except ValueError as exc:
+            raise StageError(
+                f"tokenize: {source}: cannot hold out tokenize.val_fraction by repo: {exc}"
+            ) from exc
 
-    start = time.perf_counter()
-    tokenizer = train_tokenizer(
-        tokenizer_texts(shards, scans, val_repos, config.train_bytes), config.vocab_size, config.min_frequency
-    )
-    train_seconds = time.perf_counter() - start
-    codec = TokenCodec(tokenizer)
-    dtype = token_dtype(codec.vocab_size)
-    tokenizer_json = tokenizer.to_str()
+        start = time.perf_counter()
+        texts = tokenizer_texts(shards, scans, val_repos, config.train_bytes)
+        tokenizer = train_tokenizer(texts, config.vocab_size, config.min_frequency)
+        train_seconds = time.perf_counter() - start
+        codec = TokenCodec(tokenizer)
+        dtype = token_dtype(codec.vocab_size)
+        tokenizer_json = tokenizer.to_str()
 
-    start = time.perf_counter()
-    stats = {}
-    with atomic_output_dir(io.output) as tmp_dir:
+        start = time.perf_counter()
+        stats = {}
+        tmp_dir = out.output
         to_transformers(tokenizer).save_pretrained(str(Path(tmp_dir) / TOKENIZER_DIR))
         spools = {split: SplitSpool(Path(tmp_dir) / f"{split}.spool", dtype) for split in SPLITS}
         for batch in shard_batches(scans, BATCH_CONTENT_BYTES):
             tasks = [
-                EncodeTask(shards[i], tokenizer_json, val_repos, params.project.seed, config.metadata_rate)
-                for i in batch
+                EncodeTask(shards[i], tokenizer_json, val_repos, seed, config.metadata_rate) for i in batch
             ]
-            for encoded in map_shards(encode_shard, tasks, params.executor):
+            for encoded in map_shards(encode_shard, tasks, executor):
                 for split in SPLITS:
                     spools[split].add(encoded[split])
         for split in SPLITS:
@@ -327,7 +337,7 @@ def run(params: Params, io: StageIO) -> StageReport:
             "eos_id": codec.special.eos,
             "pad_id": codec.special.fim_pad,
             "special_tokens": codec.special.by_token(),
-            "seed": params.project.seed,
+            "seed": seed,
             "metadata_rate": config.metadata_rate,
             "val_fraction": config.val_fraction,
             "splits": stats,
@@ -336,7 +346,6 @@ def run(params: Params, io: StageIO) -> StageReport:
             json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
     encode_seconds = time.perf_counter() - start
-    _log_artifacts(io.output)
 
     report.files_out = sum(stats[split]["documents"] for split in SPLITS)
     report.bytes_out = sum(stats[split]["bytes"] for split in SPLITS)
@@ -354,14 +363,8 @@ def run(params: Params, io: StageIO) -> StageReport:
         "seconds.encode": round(encode_seconds, 3),
     }
     report.details = {"index": index, "val_repos": sorted(val_repos)}
+    report.artifacts += [
+        Artifact(str(Path(output) / TOKENIZER_DIR), TOKENIZER_DIR),
+        Artifact(str(Path(output) / INDEX_FILE)),
+    ]
     return report
-
-
-def _log_artifacts(output: str) -> None:
-    """Log the tokenizer folder and index.json to the active MLflow run (the stage runner opens one)."""
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_artifacts(str(Path(output) / TOKENIZER_DIR), artifact_path=TOKENIZER_DIR)
-    mlflow.log_artifact(str(Path(output) / INDEX_FILE))

@@ -1,7 +1,9 @@
-"""The training engine shared by the training stages (pretrain, anneal, later SFT); see docs/training.md.
+"""The training engine shared by the training stages (pretrain, anneal, sft); see docs/training.md.
 
-- ``config``: ``model:`` and ``train:`` params; ``model``: the transformers model from them;
-- ``optim``: AdamW groups and LR schedules; ``metrics``: tokens/s, FLOPs/token, MFU, peak memory;
-- ``plan``: what a stage trains; ``engine``: the DeepSpeed loop; ``checkpoint``: resume and export;
-- ``launch``: the ``deepspeed`` launcher command, run from the stage process; ``worker``: one rank.
+- ``model``: the transformers model from ``model:`` params; ``optim``: AdamW groups and LR schedules;
+- ``losses``: what ``train_step`` minimises; ``validate``: bits per byte (training and the evaluate stage);
+- ``metrics``: tokens/s, FLOPs/token, MFU, peak memory; ``checkpoint``: resume and export;
+- ``plan``: what a stage trains; ``engine``: the DeepSpeed :class:`~components.train.engine.Trainer`;
+- ``launch``: the ``deepspeed`` launcher, run from the stage process; ``worker``: one rank;
+- ``stage``: the one run function of every training stage.
 """

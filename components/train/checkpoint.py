@@ -54,7 +54,15 @@ def _tags(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     tags = [path.name for path in root.iterdir() if path.is_dir() and TAG_PATTERN.match(path.name)]
-    return sorted(tags, key=lambda tag: int(TAG_PATTERN.match(tag).group(1)))
+    return sorted(tags, key=tag_step)
+
+
+def tag_step(tag: str) -> int:
+    """The step of checkpoint tag ``step00000200``."""
+    match = TAG_PATTERN.match(tag)
+    if match is None:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(match.group(1))
 
 
 def latest_tag(root: str | Path) -> str | None:
@@ -82,11 +90,12 @@ def resumable_tag(root: str | Path, expected_fingerprint: str, rank: int) -> str
             tag = None
     dist.barrier()  # every rank has decided before rank 0 deletes anything
     if rank == 0:
-        if tag is None and root.exists():
-            shutil.rmtree(root)
+        if tag is None:
+            if root.exists():
+                shutil.rmtree(root)
         else:
             for stale in _tags(root):
-                if int(stale[4:]) > int(tag[4:]):
+                if tag_step(stale) > tag_step(tag):
                     shutil.rmtree(root / stale)
     dist.barrier()
     return tag

@@ -1,15 +1,20 @@
-"""The training loop: one DeepSpeed engine for every training stage (pretrain, anneal, later SFT).
+"""The training engine: one DeepSpeed loop for every training stage (pretrain, anneal, sft, align).
 
-Runs inside each rank process started by the ``deepspeed`` launcher (see ``components/train/worker.py``).
-A stage describes *what* to train in a :class:`TrainPlan` (steps, LR schedule, data, starting weights);
-this module does the rest the same way for every stage::
+Runs inside each rank process started by the ``deepspeed`` launcher (``components/train/worker.py``). A
+stage describes *what* to train in a :class:`~components.train.plan.TrainPlan` (steps, LR schedule, data,
+starting weights, loss); :class:`Trainer` does the rest the same way for every stage, in the seams
+torchtitan has::
 
+    trainer = Trainer(job, context, plan)   # setup: ranks, model, optimizer, DeepSpeed, resume
     for step in range(start, steps):
-        for micro in range(grad_accum):
-            batch = data.batch(step * grad_accum + micro, micro_batch, rank, world)   # indexed by step
-            loss = cross-entropy of next-token prediction
-            engine.backward(loss); engine.step()    # DeepSpeed: accumulation, clipping, ZeRO, LR schedule
-        log / evaluate / checkpoint
+        trainer.train_step(step)            # one accumulation window with the plan's loss
+        log / trainer.validate() / trainer.checkpoint(step)
+    trainer.export(trainer.summary())
+
+``train_step`` takes the window's micro-batches (indexed by step, so a resumed run gets the same data),
+counts their targets over all ranks, and backpropagates each micro-batch's *summed* loss divided by
+that count: the window's loss is the mean over its targets, whatever their split between micro-batches.
+DeepSpeed does the accumulation boundary (clipping, optimizer and LR-schedule step, ZeRO).
 
 Because the data position is a function of the step, resuming needs only the step, the weights, the
 optimizer, the scheduler and the RNG states, all of which the checkpoint restores.
@@ -17,27 +22,29 @@ optimizer, the scheduler and the RNG states, all of which the checkpoint restore
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from components.params import StageContext, TrainingJob
+from components.params.training import TrainConfig
+from components.tracking import RunLogger
 from components.train import checkpoint, metrics
-from components.train.config import TrainConfig
+from components.train.losses import Batch, TrainLoss
 from components.train.plan import TrainPlan
-
-if TYPE_CHECKING:  # components.config imports the stage configs: no runtime import back
-    from components.config import Params
-    from components.tokenize.dataset import TokenDataset
+from components.train.validate import bits_per_byte, sequence_nats, spread_indices
 
 #: Test/ops hook: stop (exit code STOPPED_EXIT_CODE) after this many optimizer steps, like a killed run.
 STOP_AFTER_ENV = "CODEMILL_TRAIN_STOP_AFTER"
 STOPPED_EXIT_CODE = 75
+#: Summary fields that vary between identical runs (time, machine, resume): kept out of ``training.json``
+#: (a DVC output), reported to MLflow and the stage report only.
+RUN_FACTS = ("tokens_per_s", "mfu", "device", "peak_mem_bytes", "resumed_from_step", "train_seconds")
 
 
 def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
@@ -75,21 +82,8 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def next_token_loss(
-    model: Any, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], reduction: str = "mean"
-) -> torch.Tensor:
-    """Cross-entropy (nats) of predicting ``batch[:, 1:]`` from ``batch[:, :-1]`` (-100 targets ignored).
-
-    ``batch`` may be ``(input_ids, labels)`` of the same shape (SFT: labels -100 on prompt and padding):
-    then the targets are ``labels[:, 1:]``.
-    """
-    tokens, labels = batch if isinstance(batch, tuple) else (batch, batch)
-    inputs, targets = tokens[:, :-1], labels[:, 1:]
-    logits = model(input_ids=inputs).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
@@ -99,93 +93,68 @@ def eval_indices(num_sequences: int, train: TrainConfig, rank: int, world: int) 
     """This rank's validation sequences: ``eval_batches`` micro-batches' worth per rank (at most the split),
     spread evenly over the whole split (it is in file order), the same ones at every evaluation."""
     per_rank = max(1, min(train.eval_batches * train.micro_batch, num_sequences // world))
-    total = per_rank * world
-    spread = [index * num_sequences // total for index in range(total)]
-    return spread[rank::world]
+    return spread_indices(num_sequences, per_rank * world)[rank::world]
 
 
-@torch.no_grad()
-def evaluate(
-    engine: Any, val_data: TokenDataset, train: TrainConfig, bytes_per_token: float
-) -> dict[str, float]:
-    """Validation loss (nats/token) and bits per byte over the sequences of :func:`eval_indices`."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    mine = eval_indices(len(val_data), train, rank, world)
-    engine.eval()
-    nats, tokens = 0.0, 0.0
-    for first in range(0, len(mine), train.micro_batch):  # same count on every rank (ZeRO-3 gathers)
-        rows = [val_data.sequence(index) for index in mine[first : first + train.micro_batch]]
-        batch = torch.from_numpy(np.stack(rows)).to(engine.device)
-        nats += next_token_loss(engine, batch, reduction="sum").item()
-        tokens += (batch[:, 1:] != -100).sum().item()
-    engine.train()
-    nats, tokens = _all_reduce_sum([nats, tokens], engine.device)
-    return {"val_loss": nats / tokens, "val_bpb": nats / (math.log(2) * tokens * bytes_per_token)}
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """A batch (tensor or ``(input_ids, labels)``) on ``device``."""
+    if isinstance(batch, tuple):
+        return (batch[0].to(device), batch[1].to(device))
+    return batch.to(device)
+
+
+def accumulate_window(
+    engine: Any, window: list[Batch], loss: TrainLoss, device: torch.device, world: int
+) -> tuple[torch.Tensor, float]:
+    """Backpropagate one accumulation window and step: each micro-batch's summed loss divided by the
+    window's target count over all ranks, so the window's loss is the mean over its targets.
+
+    Returns this rank's summed loss over the window and the window's target count (all ranks).
+    """
+    targets = all_reduce_sum([float(sum(loss.targets(batch) for batch in window))], device)[0]
+    # DeepSpeed averages gradients over ranks: each rank divides by the window's targets per rank.
+    per_rank = max(targets, 1.0) / world
+    window_sum = torch.zeros((), device=device)
+    for batch in window:
+        loss_sum = loss(engine, batch)
+        engine.backward(loss_sum / per_rank, scale_wrt_gas=False)
+        engine.step()  # at the accumulation boundary: clip, optimizer step, LR schedule step
+        window_sum += loss_sum.detach()
+    return window_sum, targets
 
 
 class LossMeter:
-    """Mean training loss over all ranks' micro-batches since the last log (no device sync until then).
+    """Summed loss and targets of all ranks since the last log: its mean is the interval's loss per target.
 
-    ``totals()`` (the all-reduced sum and count so far) goes into checkpoints, so a resumed run logs the
-    same interval means as an uninterrupted one.
+    ``totals()`` goes into checkpoints, so a resumed run logs the same interval means as an uninterrupted
+    one. Steps' sums are kept on the device until a log (no sync per step).
     """
 
-    def __init__(self, device: torch.device, carried_sum: float = 0.0, carried_count: int = 0) -> None:
+    def __init__(self, device: torch.device, carried_sum: float = 0.0, carried_targets: float = 0.0) -> None:
         self.device = device
         self.pending: list[torch.Tensor] = []
-        self.carried_sum, self.carried_count = carried_sum, carried_count
+        self.pending_targets = 0.0
+        self.carried_sum, self.carried_targets = carried_sum, carried_targets
 
-    def add(self, loss: torch.Tensor) -> None:
-        """Record one micro-batch's loss on this rank."""
-        self.pending.append(loss.detach().float())
+    def add(self, loss_sum: torch.Tensor, global_targets: float) -> None:
+        """Record one step: this rank's summed loss and the window's target count over all ranks."""
+        self.pending.append(loss_sum.detach().float())
+        self.pending_targets += global_targets
 
-    def totals(self) -> tuple[float, int]:
-        """Sum (averaged over ranks) and count of the losses since the last log. Call on every rank."""
+    def totals(self) -> tuple[float, float]:
+        """Summed loss (all ranks) and targets since the last log. Call on every rank."""
         if self.pending:
             local = torch.stack(self.pending).sum().item()
-            self.carried_sum += _all_reduce_sum([local], self.device)[0] / dist.get_world_size()
-            self.carried_count += len(self.pending)
-            self.pending = []
-        return self.carried_sum, self.carried_count
+            self.carried_sum += all_reduce_sum([local], self.device)[0]
+            self.carried_targets += self.pending_targets
+            self.pending, self.pending_targets = [], 0.0
+        return self.carried_sum, self.carried_targets
 
     def pop_mean(self) -> float:
-        """The mean since the last log; starts a new interval. Call on every rank."""
-        total, count = self.totals()
-        self.carried_sum, self.carried_count = 0.0, 0
-        return total / count if count else float("nan")
-
-
-class MetricLogger:
-    """Prints progress and logs metrics to the stage's MLflow run (``MLFLOW_RUN_ID``), on rank 0 only."""
-
-    def __init__(self, stage: str, rank: int) -> None:
-        self.stage = stage
-        self.enabled = rank == 0
-        self.run_id = os.environ.get("MLFLOW_RUN_ID") if self.enabled else None
-        self.client = None
-        if self.run_id:
-            import mlflow
-
-            self.client = mlflow.MlflowClient()
-
-    def log(self, step: int, values: dict[str, float | None]) -> None:
-        """Log ``values`` (None entries skipped) at optimizer step ``step``."""
-        if not self.enabled:
-            return
-        values = {key: float(value) for key, value in values.items() if value is not None}
-        shown = " ".join(f"{key} {value:.4g}" for key, value in values.items())
-        print(f"codemill {self.stage}: step {step} {shown}", flush=True)
-        if self.client is not None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            batch = [Metric(key, value, now, step) for key, value in values.items()]
-            self.client.log_batch(self.run_id, metrics=batch)
-
-    def log_json(self, content: dict[str, Any], artifact_file: str) -> None:
-        """Log a JSON artifact to the stage run."""
-        if self.client is not None:
-            self.client.log_dict(self.run_id, content, artifact_file)
+        """The loss per target since the last log; starts a new interval. Call on every rank."""
+        total, targets = self.totals()
+        self.carried_sum, self.carried_targets = 0.0, 0.0
+        return total / targets if targets else float("nan")
 
 
 def _stop_after() -> int | None:
@@ -193,181 +162,236 @@ def _stop_after() -> int | None:
     return int(value) if value else None
 
 
-def _load_model(params: Params, plan: TrainPlan, index: dict[str, Any]) -> Any:
-    """The model to train: random init from ``model:`` params, or the weights of ``plan.init_from``."""
-    from transformers import AutoModelForCausalLM
-
-    from components.train.model import build_model, hf_config
-
-    if plan.init_from is None:
-        return build_model(hf_config(params.model, index["vocab_size"], index["eos_id"]))
-    model = AutoModelForCausalLM.from_pretrained(plan.init_from, dtype=torch.float32)
-    if model.config.vocab_size != index["vocab_size"]:
-        raise ValueError(
-            f"{plan.init_from}: vocabulary of {model.config.vocab_size} tokens, but {plan.data_dir} "
-            f"has {index['vocab_size']}"
-        )
-    return model
-
-
-def run_fingerprint(params: Params, plan: TrainPlan, index: dict[str, Any], world: int) -> str:
+def run_fingerprint(job: TrainingJob, context: StageContext, plan: TrainPlan, world: int) -> str:
     """What a checkpoint must share with this run to be resumed: params that shape training, data, world."""
-    dumped = params.model_dump(by_alias=True, mode="json")
-    not_shaping = {
-        "checkpoint_every",
-        "keep_checkpoints",
-        "eval_every",
-        "eval_batches",
-        "log_every",
-        "peak_tflops",
-        "hostfile",
-        "master_port",
-        "num_gpus",
-        "num_nodes",
-    }
-    train = {key: value for key, value in dumped["train"].items() if key not in not_shaping}
     payload = {
-        "stage": plan.stage,
-        "seed": params.project.seed,
-        "model": dumped["model"],
-        "train": train,
-        "stage_params": dumped[plan.stage],
+        "job": job.shaping(),
+        "seed": context.seed,
         "world_size": world,
-        "data_index": index,
+        "data_index": plan.data.index,
         **plan.identity,
     }
     return checkpoint.fingerprint(payload)
 
 
-def train(params: Params, plan: TrainPlan) -> dict[str, Any]:
-    """Train ``plan`` on this rank (resuming from the latest compatible checkpoint) and export the model.
+class Trainer:
+    """One rank's view of a training run: setup, ``train_step``, ``validate``, ``checkpoint``, ``summary``."""
 
-    Returns the training summary (also written to ``<output>/training.json`` by rank 0).
-    """
-    import deepspeed
-    from transformers import set_seed
-    from transformers.integrations import HfDeepSpeedConfig
+    def __init__(self, job: TrainingJob, context: StageContext, plan: TrainPlan) -> None:
+        """Set up: join the ranks, build the model and optimizer under DeepSpeed, resume if possible."""
+        import deepspeed
+        from transformers import set_seed
+        from transformers.integrations import HfDeepSpeedConfig
 
-    from components.tokenize.dataset import TokenDataset, load_tokenizer, read_index
-    from components.train.model import count_params, flops_params
-    from components.train.optim import param_groups, scheduler
+        from components.train.model import count_params, flops_params
+        from components.train.optim import param_groups, scheduler
 
-    rank, world, device = setup_distributed()
-    cfg = params.train
-    set_seed(params.project.seed)
-    index = read_index(plan.data_dir)
-    ds_config = deepspeed_config(cfg)
-    zero3_context = HfDeepSpeedConfig(ds_config) if cfg.zero_stage == 3 else None  # noqa: F841  (keep alive)
-    model = _load_model(params, plan, index)
-    n_params = count_params(model)
-    flops_token = metrics.flops_per_token(
-        flops_params(model), params.model.layers, params.model.hidden, params.model.seq_len
-    )
-    optimizer = torch.optim.AdamW(
-        param_groups(model, plan.weight_decay), lr=1.0, betas=tuple(cfg.betas), eps=cfg.eps
-    )
-    # A callable: DeepSpeed builds the scheduler on the optimizer once ZeRO has regrouped its parameters.
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lambda wrapped: scheduler(wrapped, plan.schedule),
-        config=ds_config,
-    )
+        self.job, self.plan, self.cfg = job, plan, job.train
+        self.rank, self.world, self.device = setup_distributed()
+        set_seed(context.seed)
+        self.ds_config = deepspeed_config(self.cfg)
+        # Under ZeRO-3, HF builds the model partitioned while this object lives.
+        self._zero3 = HfDeepSpeedConfig(self.ds_config) if self.cfg.zero_stage == 3 else None
+        self.model = self._load_model()
+        self.n_params = count_params(self.model)
+        self.flops_token = metrics.flops_per_token(
+            flops_params(self.model), job.model.layers, job.model.hidden, job.model.seq_len
+        )
+        beta1, beta2 = self.cfg.betas
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, plan.weight_decay), lr=1.0, betas=(beta1, beta2), eps=self.cfg.eps
+        )
+        # A callable: DeepSpeed builds the scheduler on the optimizer once ZeRO has regrouped its parameters.
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=lambda wrapped: scheduler(wrapped, plan.schedule),
+            config=self.ds_config,
+        )
+        self.logger = RunLogger(enabled=self.rank == 0)
+        self.logger.log_dict(self.ds_config, f"{plan.stage}/deepspeed_config.json")
+        self.logger.log_dict(self.model.config.to_dict(), f"{plan.stage}/model_config.json")
 
-    logger = MetricLogger(plan.stage, rank)
-    logger.log_json(ds_config, f"{plan.stage}/deepspeed_config.json")
-    logger.log_json(model.config.to_dict(), f"{plan.stage}/model_config.json")
+        fingerprint = run_fingerprint(job, context, plan, self.world)
+        self.state: dict[str, Any] = {"fingerprint": fingerprint, "history": {"train": [], "val": []}}
+        tag = checkpoint.resumable_tag(plan.checkpoint_dir, fingerprint, self.rank)
+        if tag is not None:
+            self.state = checkpoint.load(self.engine, plan.checkpoint_dir, tag)
+            self._print(f"resumed from {plan.checkpoint_dir}/{tag}")
+        self.start = self.state.get("step", 0)
+        self.history = self.state["history"]
+        self.tokens_per_step = self.cfg.micro_batch * self.cfg.grad_accum * self.world * job.model.seq_len
+        self.throughput = metrics.Throughput(
+            self.tokens_per_step,
+            self.device,
+            self.state.get("train_seconds", 0.0),
+            self.state.get("timed_tokens", 0),
+        )
+        on_gpu = self.device.type == "cuda"
+        self.peak = (
+            metrics.peak_flops(metrics.device_name(self.device), self.cfg.peak_tflops) if on_gpu else None
+        )
+        self.loss_meter = LossMeter(self.device, *self.state.get("pending_loss", (0.0, 0.0)))
 
-    fingerprint = run_fingerprint(params, plan, index, world)
-    state: dict[str, Any] = {"fingerprint": fingerprint, "history": {"train": [], "val": []}}
-    tag = checkpoint.resumable_tag(plan.checkpoint_dir, fingerprint, rank)
-    if tag is not None:
-        state = checkpoint.load(engine, plan.checkpoint_dir, tag)
-        if rank == 0:
-            print(f"codemill {plan.stage}: resumed from {plan.checkpoint_dir}/{tag}", flush=True)
-    start, history = state.get("step", 0), state["history"]
+    def _print(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"codemill {self.plan.stage}: {message}", flush=True)
 
-    val_data = TokenDataset(plan.data_dir, "val", params.model.seq_len, params.project.seed)
-    val_stats = index["splits"]["val"]
-    bytes_per_token = val_stats["bytes"] / val_stats["tokens"]
-    tokens_per_step = cfg.micro_batch * cfg.grad_accum * world * params.model.seq_len
-    throughput = metrics.Throughput(
-        tokens_per_step, device, state.get("train_seconds", 0.0), state.get("timed_tokens", 0)
-    )
-    peak = metrics.peak_flops(metrics.device_name(device), cfg.peak_tflops) if device.type == "cuda" else None
-    stop_after = _stop_after()
+    def _load_model(self) -> Any:
+        """The model to train: random init from ``model:`` params, or the weights of ``plan.init_from``."""
+        from transformers import AutoModelForCausalLM
 
-    def run_eval(step: int) -> None:
-        result = evaluate(engine, val_data, cfg, bytes_per_token)
-        history["val"].append({"step": step, **result})
-        logger.log(step, result)
+        from components.train.model import build_model, hf_config
 
-    train_loss = LossMeter(device, *state.get("pending_loss", (0.0, 0)))
-    for step in range(start, plan.steps):
-        lr = engine.get_lr()[0]
-        for micro in range(cfg.grad_accum):
-            batch = plan.train_data.batch(step * cfg.grad_accum + micro, cfg.micro_batch, rank, world)
-            batch = tuple(part.to(device) for part in batch) if isinstance(batch, tuple) else batch.to(device)
-            loss = next_token_loss(engine, batch)
-            engine.backward(loss)
-            engine.step()  # at the accumulation boundary: clip, optimizer step, LR schedule step
-            train_loss.add(loss)
-        throughput.step()
-        done = step + 1
-        last = done == plan.steps
+        data = self.plan.data
+        if self.plan.init_from is None:
+            return build_model(hf_config(self.job.model, data.vocab_size, data.eos_id))
+        model = AutoModelForCausalLM.from_pretrained(self.plan.init_from, dtype=torch.float32)
+        if model.config.vocab_size != data.vocab_size:
+            raise ValueError(
+                f"{self.plan.init_from}: vocabulary of {model.config.vocab_size} tokens, but "
+                f"{data.directory} has {data.vocab_size}"
+            )
+        return model
 
-        if done % cfg.log_every == 0 or last:
-            loss_value = train_loss.pop_mean()
-            tokens_per_s = throughput.lap()
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = None if grad_norm is None else float(grad_norm)
-            entry = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
-            history["train"].append({"step": done, **entry})
-            mfu = metrics.mfu(tokens_per_s, flops_token, world, peak)
-            logger.log(done, {**entry, "mfu": mfu, "peak_mem_bytes": metrics.peak_memory_bytes(device)})
+    def window(self, step: int) -> list[Batch]:
+        """The micro-batches of optimizer step ``step`` on this rank, on its device."""
+        micro_batch, accum = self.cfg.micro_batch, self.cfg.grad_accum
+        return [
+            to_device(
+                self.plan.train_data.batch(step * accum + micro, micro_batch, self.rank, self.world),
+                self.device,
+            )
+            for micro in range(accum)
+        ]
 
-        with throughput.paused():
-            if done % cfg.eval_every == 0 or last:
-                run_eval(done)
-            if done % cfg.checkpoint_every == 0 or last:
-                state.update(
-                    train_seconds=throughput.seconds,
-                    timed_tokens=throughput.tokens,
-                    pending_loss=train_loss.totals(),
-                )
-                checkpoint.save(engine, plan.checkpoint_dir, done, state, cfg.keep_checkpoints)
-        if stop_after is not None and stop_after <= done < plan.steps:
-            raise SystemExit(STOPPED_EXIT_CODE)
+    def train_step(self, step: int) -> None:
+        """One optimizer step: the window's summed loss over its targets (all ranks), then the update."""
+        window = self.window(step)
+        targets = all_reduce_sum(
+            [float(sum(self.plan.loss.targets(batch) for batch in window))], self.device
+        )[0]
+        # DeepSpeed averages gradients over ranks: each rank divides by the window's targets per rank.
+        per_rank = max(targets, 1.0) / self.world
+        step_sum = torch.zeros((), device=self.device)
+        for batch in window:
+            loss_sum = self.plan.loss(self.engine, batch)
+            self.engine.backward(loss_sum / per_rank, scale_wrt_gas=False)
+            self.engine.step()  # at the accumulation boundary: clip, optimizer step, LR schedule step
+            step_sum += loss_sum.detach()
+        self.loss_meter.add(step_sum, targets)
+        self.throughput.step()
 
-    if not history["val"] or history["val"][-1]["step"] != plan.steps:
-        run_eval(plan.steps)
+    def validate(self, step: int) -> dict[str, float]:
+        """Validation loss (nats/token) and bits per byte over the sequences of :func:`eval_indices`."""
+        val = self.plan.data.val
+        mine = eval_indices(len(val), self.cfg, self.rank, self.world)
+        # Every rank runs the same number of batches (ZeRO-3 gathers weights in each forward).
+        local_nats, local_tokens = sequence_nats(
+            self.engine, val, mine, self.cfg.micro_batch, self.engine.device
+        )
+        nats, tokens = all_reduce_sum([local_nats, float(local_tokens)], self.device)
+        result = {
+            "val_loss": nats / tokens,
+            "val_bpb": bits_per_byte(nats, tokens, self.plan.data.val_bytes_per_token),
+        }
+        self.history["val"].append({"step": step, **result})
+        self.log(step, result)
+        return result
 
-    summary = {
-        "stage": plan.stage,
-        "steps": plan.steps,
-        "tokens_trained": plan.steps * tokens_per_step,
-        "tokens_per_step": tokens_per_step,
-        "final_lr": plan.schedule(plan.steps),
-        "val_loss": history["val"][-1]["val_loss"],
-        "val_bpb": history["val"][-1]["val_bpb"],
-        "tokens_per_s": throughput.mean,
-        "mfu": metrics.mfu(throughput.mean, flops_token, world, peak),
-        "flops_per_token": flops_token,
-        "params": n_params,
-        "world_size": world,
-        "precision": cfg.precision,
-        "zero_stage": cfg.zero_stage,
-        "device": metrics.device_name(device),
-        "peak_mem_bytes": metrics.peak_memory_bytes(device),
-        "resumed_from_step": start or None,
-        "train_seconds": throughput.seconds,
-        "curve": history["train"],
-        "val_curve": history["val"],
-        **plan.details,
-    }
-    weights = checkpoint.full_state_dict(engine)  # a collective: every rank takes part
-    if rank == 0:
-        tokenizer = load_tokenizer(plan.data_dir)
-        checkpoint.export_model(model, weights, tokenizer, plan.output, {"training.json": summary})
-    dist.barrier()
-    return summary
+    def log(self, step: int, values: Mapping[str, float | None]) -> None:
+        """Print and log ``values`` (None entries skipped) at optimizer step ``step``, on rank 0."""
+        if self.rank != 0:
+            return
+        shown = {key: float(value) for key, value in values.items() if value is not None}
+        self._print(f"step {step} " + " ".join(f"{key} {value:.4g}" for key, value in shown.items()))
+        self.logger.log_metrics(step, shown)
+
+    def log_training(self, done: int, lr: float) -> None:
+        """Log the interval's loss per target, LR, gradient norm, tokens/s and MFU."""
+        loss = self.loss_meter.pop_mean()
+        tokens_per_s = self.throughput.lap()
+        grad_norm = self.engine.get_global_grad_norm()
+        entry = {"loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm)}
+        self.history["train"].append({"step": done, **entry})
+        mfu = metrics.mfu(tokens_per_s, self.flops_token, self.world, self.peak)
+        peak_mem = metrics.peak_memory_bytes(self.device)
+        self.log(done, {**entry, "tokens_per_s": tokens_per_s, "mfu": mfu, "peak_mem_bytes": peak_mem})
+
+    def checkpoint(self, done: int) -> None:
+        """Save a resumable checkpoint after ``done`` steps (every rank)."""
+        self.state.update(
+            train_seconds=self.throughput.seconds,
+            timed_tokens=self.throughput.tokens,
+            pending_loss=self.loss_meter.totals(),
+        )
+        checkpoint.save(self.engine, self.plan.checkpoint_dir, done, self.state, self.cfg.keep_checkpoints)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures: what ``training.json`` keeps, plus :data:`RUN_FACTS`."""
+        plan, final = self.plan, self.history["val"][-1]
+        mean_tokens_per_s = self.throughput.mean
+        return {
+            "stage": plan.stage,
+            "steps": plan.steps,
+            "tokens_trained": plan.steps * self.tokens_per_step,
+            "tokens_per_step": self.tokens_per_step,
+            "final_lr": plan.schedule(plan.steps),
+            "val_loss": final["val_loss"],
+            "val_bpb": final["val_bpb"],
+            "flops_per_token": self.flops_token,
+            "params": self.n_params,
+            "world_size": self.world,
+            "precision": self.cfg.precision,
+            "zero_stage": self.cfg.zero_stage,
+            "curve": self.history["train"],
+            "val_curve": self.history["val"],
+            **plan.details,
+            "tokens_per_s": mean_tokens_per_s,
+            "mfu": metrics.mfu(mean_tokens_per_s, self.flops_token, self.world, self.peak),
+            "device": metrics.device_name(self.device),
+            "peak_mem_bytes": metrics.peak_memory_bytes(self.device),
+            "resumed_from_step": self.start or None,
+            "train_seconds": self.throughput.seconds,
+            "report": {"drops": plan.report_drops, "metrics": plan.report_metrics},
+        }
+
+    def export(self, summary: dict[str, Any]) -> None:
+        """Write the Hugging Face checkpoint with ``training.json`` (deterministic facts only) and leave the
+        full summary for the stage process. Call on every rank (gathering the weights is a collective)."""
+        weights = checkpoint.full_state_dict(self.engine)
+        if self.rank == 0:
+            kept = {key: value for key, value in summary.items() if key not in (*RUN_FACTS, "report")}
+            checkpoint.export_model(
+                self.model, weights, self.plan.data.tokenizer, self.plan.output, {"training.json": kept}
+            )
+            Path(self.plan.run_summary).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        dist.barrier()
+
+    def train(self) -> dict[str, Any]:
+        """Run the remaining steps (validating, logging and checkpointing on schedule), then export."""
+        plan, cfg, stop_after = self.plan, self.cfg, _stop_after()
+        for step in range(self.start, plan.steps):
+            lr = self.engine.get_lr()[0]
+            self.train_step(step)
+            done = step + 1
+            last = done == plan.steps
+            if done % cfg.log_every == 0 or last:
+                self.log_training(done, lr)
+            with self.throughput.paused():
+                if done % cfg.eval_every == 0 or last:
+                    self.validate(done)
+                if done % cfg.checkpoint_every == 0 or last:
+                    self.checkpoint(done)
+            if stop_after is not None and stop_after <= done < plan.steps:
+                raise SystemExit(STOPPED_EXIT_CODE)
+        if not self.history["val"] or self.history["val"][-1]["step"] != plan.steps:
+            self.validate(plan.steps)
+        summary = self.summary()
+        self.export(summary)
+        return summary
+
+
+def train(job: TrainingJob, context: StageContext, plan: TrainPlan) -> dict[str, Any]:
+    """Train ``plan`` on this rank (resuming from the latest compatible checkpoint) and export the model."""
+    return Trainer(job, context, plan).train()

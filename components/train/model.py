@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
 
-from components.train.config import ModelConfig
+from components.params.training import ModelConfig
 
 
 def hf_config(model: ModelConfig, vocab_size: int, eos_id: int) -> PretrainedConfig:
     """The transformers config of ``model`` for ``vocab_size`` tokens; documents end with ``eos_id``."""
-    special = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
     if model.arch == "gpt2":
         return GPT2Config(
             vocab_size=vocab_size,
@@ -23,7 +24,9 @@ def hf_config(model: ModelConfig, vocab_size: int, eos_id: int) -> PretrainedCon
             embd_pdrop=0.0,
             attn_pdrop=0.0,
             tie_word_embeddings=model.tie_embeddings,
-            **special,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
         )
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -33,9 +36,11 @@ def hf_config(model: ModelConfig, vocab_size: int, eos_id: int) -> PretrainedCon
         num_attention_heads=model.heads,
         num_key_value_heads=model.num_kv_heads,
         max_position_embeddings=model.seq_len,
-        rope_theta=model.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": model.rope_theta},
         tie_word_embeddings=model.tie_embeddings,
-        **special,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
     )
 
 
@@ -44,9 +49,9 @@ def build_model(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def numel(param: torch.nn.Parameter) -> int:
+def numel(param: torch.Tensor) -> int:
     """Elements of a parameter, also when ZeRO-3 has partitioned it away (``ds_numel``)."""
-    return getattr(param, "ds_numel", None) or param.numel()
+    return int(getattr(param, "ds_numel", None) or param.numel())
 
 
 def count_params(model: PreTrainedModel) -> int:
@@ -56,7 +61,7 @@ def count_params(model: PreTrainedModel) -> int:
 
 def embedding_params(model: PreTrainedModel) -> int:
     """Parameters of the input lookup tables (token and learned position embeddings)."""
-    tables = [model.get_input_embeddings()]
+    tables: list[Any] = [model.get_input_embeddings()]
     position = getattr(getattr(model, "transformer", None), "wpe", None)
     if position is not None:
         tables.append(position)
@@ -68,6 +73,6 @@ def flops_params(model: PreTrainedModel) -> int:
 
     A tied LM head is a matmul with the token embedding, so it counts once.
     """
-    head = model.get_output_embeddings()
+    head: Any = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight
     return count_params(model) - embedding_params(model) + (numel(head.weight) if tied else 0)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on matrices (linear and embedding weights), none on biases, norms, 1-D params."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 partitions leave an empty tensor
@@ -81,8 +80,6 @@ class LinearToZero:
 
 def scheduler(optimizer: torch.optim.Optimizer, schedule) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` that sets the LR of every group to ``schedule(step)`` (the groups' base LR is 1.0)."""
-    import torch
-
     for group in optimizer.param_groups:
         group["lr"] = 1.0
         group.pop("initial_lr", None)

@@ -1,8 +1,9 @@
 """One training rank: ``deepspeed ... --module components.train.worker --stage pretrain ...``.
 
 Started by the ``deepspeed`` launcher (see :mod:`components.train.launch`), once per rank. It reads the
-params the stage process wrote, asks the stage package for its :class:`~components.train.engine.TrainPlan`
-(``components.<stage>.train_plan(params, io)``) and runs the shared engine.
+job and context the stage process wrote, asks the stage package for its
+:class:`~components.train.plan.TrainPlan` (``components.<stage>.train_plan(job, context, io)``) and runs
+the shared engine.
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ import json
 import sys
 from pathlib import Path
 
-from components.config import parse_params
-from components.stage import StageIO
+from components.params import TRAINING_JOBS, StageContext
 from components.train.engine import STOPPED_EXIT_CODE, train
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the rank's command line, build the stage's plan and train it."""
     parser = argparse.ArgumentParser(prog="python -m components.train.worker", description=__doc__)
-    parser.add_argument("--stage", required=True, help="training stage package, e.g. pretrain")
-    parser.add_argument("--params-json", required=True, help="params written by the stage process")
+    parser.add_argument("--stage", required=True, choices=sorted(TRAINING_JOBS), help="training stage")
+    parser.add_argument("--job-json", required=True, help="job and context written by the stage process")
     parser.add_argument("--input", action="append", default=[], help="stage input (repeatable)")
     parser.add_argument("--output", required=True, help="stage output (the exported model)")
     args = parser.parse_args(argv)
-    params = parse_params(json.loads(Path(args.params_json).read_text()), source=args.params_json)
+    payload = json.loads(Path(args.job_json).read_text())
+    job = TRAINING_JOBS[args.stage].model_validate(payload["job"])
+    context = StageContext.model_validate(payload["context"])
     stage = importlib.import_module(f"components.{args.stage}")
-    plan = stage.train_plan(params, StageIO(args.input, args.output))
+    io = stage.STAGE.resolve(args.input, args.output)
     try:
-        train(params, plan)
+        train(job, context, stage.train_plan(job, context, io))
     except SystemExit as exc:
         if exc.code == STOPPED_EXIT_CODE:
             print(

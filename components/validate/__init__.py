@@ -1,4 +1,4 @@
-"""The validate stage: Great Expectations 1.x quality checks on the cleaned shards (design.md §3).
+"""The validate stage: Great Expectations 1.x quality checks on the cleaned shards (docs/data-recipe.md).
 
 Shards are loaded in parallel (``signals.load_shard``: base columns plus the derived ``residual_pii`` and
 ``benchmark_overlap`` columns) and validated as one dataframe, because sha256 uniqueness is a property of
@@ -16,27 +16,24 @@ sample unexpected values, so ``dvc repro`` stops with that message.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from components.errors import StageError
-from components.report import StageReport
+from components.executor import map_shards
+from components.params import StageContext
+from components.params.validate import ValidateJob
+from components.report import Artifact, StageReport
 from components.shards import atomic_output_dir, filesystem, list_shards
+from components.stage_runner import Input, Stage, StageIO
 from components.validate.signals import ShardTask, checks_benchmarks, content_bytes, load_shard, pii_rules
 
-if TYPE_CHECKING:  # components.config imports components.validate.config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
 
-
-def load_documents(directory: str, params: Params) -> tuple[pd.DataFrame, int]:
+def load_documents(directory: str, job: ValidateJob, context: StageContext) -> tuple[pd.DataFrame, int]:
     """All shards of ``directory`` as one frame with the derived columns; also the number of shards."""
-    from components.executor import map_shards  # imports components.config, which imports this package
-
-    decontam = params.clean.decontam if checks_benchmarks(params) else None
-    tasks = [ShardTask(path, pii_rules(params), decontam) for path in list_shards(directory)]
-    frames = map_shards(load_shard, tasks, params.executor)
+    decontam = job.clean.decontam if checks_benchmarks(job) else None
+    tasks = [ShardTask(path, pii_rules(job), decontam) for path in list_shards(directory)]
+    frames = map_shards(load_shard, tasks, context.executor)
     return pd.concat(frames), len(tasks)
 
 
@@ -51,34 +48,24 @@ def copy_tree(source: Path, destination: str) -> int:
     return len(files)
 
 
-def log_data_docs(directory: Path) -> None:
-    """Log the Data Docs site to the active MLflow run (the stage runner opens one) under ``data_docs/``."""
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        mlflow.log_artifacts(str(directory), artifact_path="data_docs")
-
-
-def run(params: Params, io: StageIO) -> StageReport:
+def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     """Validate the cleaned shards with the Great Expectations suite and write its Data Docs."""
-    if not io.inputs or not io.output:
-        raise StageError("validate needs --input (the cleaned shards) and --output (the Data Docs folder)")
     # Imported here: Great Expectations takes ~3 s to import and worker processes do not need it.
     from components.validate import gx_project
     from components.validate.suite import build_suite, failure_message, failures
 
-    source = io.inputs[0]
-    frame, shards = load_documents(source, params)
-    suite = build_suite(params)
-    context = gx_project.open_context(Path.cwd())
-    result = gx_project.validate(context, suite, frame, params.validate_.samples)
+    source = io.input("documents")
+    output = io.require_output("validate")
+    frame, shards = load_documents(source, job, context)
+    suite = build_suite(job)
+    gx_context = gx_project.open_context(Path.cwd())
+    result = gx_project.validate(gx_context, suite, frame, job.validate_.samples)
     validation = next(iter(result.run_results.values()))
     found = failures(validation, suite)
 
-    docs = gx_project.data_docs_dir(context)
-    with atomic_output_dir(io.output) as tmp:
+    docs = gx_project.data_docs_dir(gx_context)
+    with atomic_output_dir(output) as tmp:
         docs_files = copy_tree(docs, tmp)
-    log_data_docs(docs)
 
     evaluated = int(validation.statistics["evaluated_expectations"])
     report = StageReport(stage="validate", files_in=len(frame), bytes_in=content_bytes(frame))
@@ -93,11 +80,17 @@ def run(params: Params, io: StageIO) -> StageReport:
         {
             "suite": suite.name,
             "shards": shards,
-            "data_docs": f"{io.output.rstrip('/')}/index.html",
+            "data_docs": f"{output.rstrip('/')}/index.html",
             "data_docs_files": docs_files,
             "failures": [failure.describe() for failure in found],
         }
     )
-    if found:
-        raise StageError(failure_message(suite.name, source, found, evaluated))
+    report.artifacts.append(Artifact(str(docs), "data_docs"))
+    if found:  # the run fails, and its Data Docs are logged to it all the same
+        raise StageError(failure_message(suite.name, source, found, evaluated), artifacts=report.artifacts)
     return report
+
+
+STAGE = Stage("validate", run, inputs=(Input("documents"),))
+
+__all__ = ["STAGE", "run"]

@@ -1,4 +1,4 @@
-from components.stage import stage_main
-from components.validate import run
+from components.stage_runner import stage_main
+from components.validate import STAGE
 
-raise SystemExit(stage_main("validate", run))
+raise SystemExit(stage_main(STAGE))

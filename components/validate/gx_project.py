@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import great_expectations as gx
 import pandas as pd
@@ -37,6 +38,7 @@ def open_context(project_root: Path) -> AbstractDataContext:
 def batch_definition(context: AbstractDataContext) -> BatchDefinition:
     """The whole-dataframe batch definition, added only if missing (so the YAML is not rewritten)."""
     sources = context.data_sources.all()
+    source: Any  # a PandasDatasource (GX types it as its base class)
     source = sources[DATASOURCE] if DATASOURCE in sources else context.data_sources.add_pandas(DATASOURCE)
     if ASSET in source.get_asset_names():
         asset = source.get_asset(ASSET)
@@ -75,17 +77,17 @@ def checkpoint_for(context: AbstractDataContext, suite: gx.ExpectationSuite, sam
 
 
 def _runtime_dir(context: AbstractDataContext, config: dict) -> Path:
-    return Path(context.root_directory) / config["store_backend"]["base_directory"]
+    return Path(context.root_directory or ".") / config["store_backend"]["base_directory"]
 
 
 def data_docs_dir(context: AbstractDataContext) -> Path:
     """Where the local Data Docs site is built."""
-    return _runtime_dir(context, context.variables.data_docs_sites["local_site"])
+    return _runtime_dir(context, (context.variables.data_docs_sites or {})["local_site"])
 
 
 def clear_results(context: AbstractDataContext) -> None:
     """Remove earlier validation results and Data Docs, so the site shows this run only."""
-    results_store = context.variables.stores[context.variables.validation_results_store_name]
+    results_store = (context.variables.stores or {})[context.variables.validation_results_store_name]
     for directory in (_runtime_dir(context, results_store), data_docs_dir(context)):
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -19,18 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 
-from components.clean.config import DecontamConfig
 from components.clean.decontam import benchmark_index
 from components.clean.pii import PII_RULES, PiiRule, find_pii
+from components.params.clean import DecontamConfig
+from components.params.validate import ValidateJob
 from components.shards import BASE_SCHEMA, read_shard
-
-if TYPE_CHECKING:  # components.config imports components.validate.config: no runtime import back
-    from components.config import Params
 
 RESIDUAL_PII = "residual_pii"
 BENCHMARK_OVERLAP = "benchmark_overlap"
@@ -47,17 +44,17 @@ class ShardTask:
     decontam: DecontamConfig | None
 
 
-def pii_rules(params: Params) -> tuple[str, ...]:
+def pii_rules(job: ValidateJob) -> tuple[str, ...]:
     """The ``validate.pii_rules`` whose kind clean redacts (none when clean's PII step is off)."""
-    if not params.clean.pii.enabled:
+    if not job.clean.pii.enabled:
         return ()
     kind_of = {rule.name: rule.kind for rule in PII_RULES}
-    return tuple(name for name in params.validate_.pii_rules if kind_of[name] in params.clean.pii.kinds)
+    return tuple(name for name in job.validate_.pii_rules if kind_of[name] in job.clean.pii.kinds)
 
 
-def checks_benchmarks(params: Params) -> bool:
+def checks_benchmarks(job: ValidateJob) -> bool:
     """Whether clean decontaminates against any benchmark (HumanEval or extra files)."""
-    return params.clean.decontam.include_humaneval or bool(params.clean.decontam.benchmarks)
+    return job.clean.decontam.include_humaneval or bool(job.clean.decontam.benchmarks)
 
 
 def _shorten(text: str) -> str:

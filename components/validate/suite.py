@@ -1,4 +1,4 @@
-"""The expectation suite (design.md §3 "Quality checks"), built from params, and its failures as text.
+"""The expectation suite (docs/data-recipe.md, "Quality checks"), built from params, and its failures as text.
 
 | check | expectation (column) | when |
 | --- | --- | --- |
@@ -26,8 +26,8 @@ import pyarrow as pa
 from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 from great_expectations.expectations import Expectation
 
-from components.config import Params
 from components.ingest.languages import KNOWN_LANGUAGES
+from components.params.validate import ValidateJob
 from components.shards import BASE_SCHEMA
 from components.validate.signals import BENCHMARK_OVERLAP, RESIDUAL_PII, checks_benchmarks, pii_rules
 
@@ -54,10 +54,10 @@ def schema_expectations() -> list[Expectation]:
     return expectations
 
 
-def content_expectations(params: Params) -> list[Expectation]:
+def content_expectations(job: ValidateJob) -> list[Expectation]:
     """Size bounds, unique sha256 after dedup, the language set, no residual PII, no benchmark overlap."""
-    config = params.validate_
-    languages = params.ingest.languages if params.ingest.languages is not None else KNOWN_LANGUAGES
+    config = job.validate_
+    languages = job.languages if job.languages is not None else KNOWN_LANGUAGES
     expectations: list[Expectation] = [
         E.ExpectColumnValuesToBeBetween(
             column="size_bytes",
@@ -71,13 +71,13 @@ def content_expectations(params: Params) -> list[Expectation]:
     ]
     # Only file-level dedup promises unique files: `none` keeps duplicates, and `repo` (OpenCoder) removes
     # duplicate repos but keeps copies of a file across different repos.
-    if params.dedup.level in FILE_UNIQUE_LEVELS:
+    if job.dedup_level in FILE_UNIQUE_LEVELS:
         expectations.append(
             E.ExpectColumnValuesToBeUnique(
-                column="sha256", description=f"no exact duplicates after dedup (level {params.dedup.level})"
+                column="sha256", description=f"no exact duplicates after dedup (level {job.dedup_level})"
             )
         )
-    rules = pii_rules(params)
+    rules = pii_rules(job)
     if rules:
         expectations.append(
             E.ExpectColumnValuesToBeInSet(
@@ -86,7 +86,7 @@ def content_expectations(params: Params) -> list[Expectation]:
                 description=f"clean's PII rules {', '.join(rules)} find nothing (components/clean/pii.py)",
             )
         )
-    if checks_benchmarks(params):
+    if checks_benchmarks(job):
         expectations.append(
             E.ExpectColumnValuesToBeBetween(
                 column=BENCHMARK_OVERLAP,
@@ -102,10 +102,10 @@ def _content_id(*parts: object) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, json.dumps(parts, sort_keys=True, default=str)))
 
 
-def build_suite(params: Params) -> gx.ExpectationSuite:
-    """The suite for ``params``; expectation ids derive from content (same params -> same JSON)."""
-    name = params.validate_.suite
-    expectations = [*schema_expectations(), *content_expectations(params)]
+def build_suite(job: ValidateJob) -> gx.ExpectationSuite:
+    """The suite for ``job``; expectation ids derive from content (same params -> same JSON)."""
+    name = job.validate_.suite
+    expectations = [*schema_expectations(), *content_expectations(job)]
     suite = gx.ExpectationSuite(name=name, expectations=expectations)
     for expectation in suite.expectations:
         expectation.id = _content_id(name, expectation.expectation_type, expectation.configuration.kwargs)
@@ -158,11 +158,12 @@ def _error_message(exception_info: dict) -> str | None:
 def failures(result: ExpectationSuiteValidationResult, suite: gx.ExpectationSuite) -> list[Failure]:
     """The failed expectations of a validation result, in suite order (missing columns first)."""
     order = {expectation.id: index for index, expectation in enumerate(suite.expectations)}
+    failed = [(item, item.expectation_config) for item in result.results if not item.success]
     found = []
-    for item in sorted(result.results, key=lambda item: order.get(item.expectation_config.id, len(order))):
-        if item.success:
+    failed.sort(key=lambda pair: order.get(pair[1].id if pair[1] else None, len(order)))
+    for item, config in failed:
+        if config is None:
             continue
-        config = item.expectation_config
         kwargs = {key: value for key, value in config.kwargs.items() if key not in ("batch_id", "column")}
         details = item.result or {}
         values = details.get("partial_unexpected_list") or []

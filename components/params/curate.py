@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
 
 class Thresholds(StrictModel):
-    """One threshold per rule; ``None`` disables the rule. Defaults are the recipe of design.md §3."""
+    """One threshold per rule; ``None`` disables the rule. Defaults are the recipe of docs/data-recipe.md."""
 
     #: Size (OpenCoder's released config: 3 MB; the paper says 8 MB).
     max_file_bytes: int | None = Field(3_000_000, ge=0)
@@ -65,14 +65,14 @@ class LanguageOverrides(Thresholds):
 
 
 def _recipe_languages() -> dict[str, LanguageOverrides]:
-    """The per-language table of design.md §3 (mirrors params.yaml)."""
+    """The per-language table of docs/data-recipe.md (mirrors params.yaml)."""
     data_files = {"min_lines": None, "min_chars": 50, "max_chars": 5000, "min_alpha_fraction": 0.5}
     return {
         "python": LanguageOverrides(
             python_syntax=True, max_pass_line_fraction=0.05, max_import_line_fraction=0.3
         ),
-        "json": LanguageOverrides(**data_files),
-        "yaml": LanguageOverrides(**data_files),
+        "json": LanguageOverrides.model_validate(data_files),
+        "yaml": LanguageOverrides.model_validate(data_files),
     }
 
 

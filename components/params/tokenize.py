@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
-#: 256 byte tokens + 10 special tokens (components/tokenize/tokenizer.py) + room for some merges.
+#: 256 byte tokens + 10 special tokens (components/tokens/tokenizer.py) + room for some merges.
 MIN_VOCAB_SIZE = 300
 
 
@@ -14,7 +14,7 @@ class TokenizeConfig(StrictModel):
     """Byte-level BPE training, the held-out split by repo, StarCoder metadata and FIM rates.
 
     ``fim_rate`` and ``fim_spm_rate`` do not change the stage's output: FIM is applied per document and
-    per epoch by the training dataset (:class:`components.tokenize.dataset.TokenDataset`), which reads
+    per epoch by the training dataset (:class:`components.tokens.dataset.TokenDataset`), which reads
     them from here.
     """
 

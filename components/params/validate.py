@@ -7,10 +7,11 @@ The suite also reads other sections, so it checks what the earlier stages promis
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from components.clean.pii import RULE_NAMES
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+from components.params.clean import PII_RULE_NAMES, CleanConfig
+from components.params.dedup import DedupLevel
 
 
 class ValidateConfig(StrictModel):
@@ -30,9 +31,9 @@ class ValidateConfig(StrictModel):
     @field_validator("pii_rules")
     @classmethod
     def _known_rules(cls, rules: list[str]) -> list[str]:
-        unknown = sorted(set(rules) - set(RULE_NAMES))
+        unknown = sorted(set(rules) - set(PII_RULE_NAMES))
         if unknown:
-            raise ValueError(f"unknown PII rule(s) {unknown}; known: {list(RULE_NAMES)}")
+            raise ValueError(f"unknown PII rule(s) {unknown}; known: {list(PII_RULE_NAMES)}")
         return rules
 
     @model_validator(mode="after")
@@ -42,3 +43,16 @@ class ValidateConfig(StrictModel):
                 f"min_size_bytes ({self.min_size_bytes}) exceeds max_size_bytes ({self.max_size_bytes})"
             )
         return self
+
+
+class ValidateJob(StrictModel):
+    """Validation: ``validate:`` and what the earlier stages promised (module docstring)."""
+
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    #: ``ingest.languages`` (null: every known language).
+    languages: list[str] | None = None
+    #: ``dedup.level``.
+    dedup_level: DedupLevel = "file"
+    clean: CleanConfig = CleanConfig()
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)

@@ -2,7 +2,8 @@
 
 DVC's own index resolves everything ``dvc.yaml`` can express (templating such as
 ``models/${register.source}``, ``foreach``/``matrix`` stages, several ``dvc.yaml`` files), so stages
-added later are picked up without any change here.
+added later are picked up without any change here. :func:`stage_names` and :func:`producer_of` read
+the top ``dvc.yaml`` as plain YAML (no DVC import), for the summary and for error messages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,40 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+DVC_FILE = "dvc.yaml"
+
+
+def _stages_yaml(dvc_file: str | Path = DVC_FILE) -> dict[str, Any]:
+    path = Path(dvc_file)
+    if not path.is_file():
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+
+
+def stage_names(dvc_file: str | Path = DVC_FILE) -> list[str]:
+    """Stage names in the order ``dvc.yaml`` defines them (a topological order of the DAG)."""
+    return list(_stages_yaml(dvc_file))
+
+
+def producer_of(path: str, dvc_file: str | Path = DVC_FILE) -> str | None:
+    """The stage of ``dvc.yaml`` whose outputs (or metrics) include ``path``, if any."""
+    wanted = path.rstrip("/")
+    for name, stage in _stages_yaml(dvc_file).items():
+        for key in ("outs", "metrics"):
+            for entry in stage.get(key) or []:
+                declared = next(iter(entry)) if isinstance(entry, dict) else entry
+                if str(declared).rstrip("/") == wanted:
+                    return name
+    return None
+
+
+def declared_outs(stage: str, dvc_file: str | Path = DVC_FILE) -> list[str]:
+    """The ``outs`` paths ``dvc.yaml`` declares for ``stage``; a ValueError names unknown stages."""
+    stages = _stages_yaml(dvc_file)
+    if stage not in stages:
+        raise ValueError(f"{dvc_file}: no stage {stage!r}; stages: {', '.join(stages)}")
+    return [str(next(iter(e)) if isinstance(e, dict) else e) for e in stages[stage].get("outs") or []]
 
 
 @dataclass(frozen=True)

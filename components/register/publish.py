@@ -11,47 +11,30 @@ Decisions (see docs/registry.md):
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from packaging.version import Version
 
 from components.errors import StageError
+from components.params import StageContext
+from components.params.register import RegisterJob
 from components.register import registry
-from components.register.config import RegisterConfig, metric_key
-from components.report import StageReport
+from components.report import StageReport, read_eval_scores
+from components.stage_runner import StageIO
 
-if TYPE_CHECKING:  # components.config imports components.register.config: no runtime import back
-    from components.config import Params
-    from components.stage import StageIO
-
-EVAL_REPORT = "reports/eval.json"
 #: Pinned to the installed versions (MLflow's inferred list adds torchvision, which then fails to import).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "accelerate")
 INPUT_EXAMPLE = ["def add(a, b):"]
 
 
 def read_eval_metrics(path: str | Path, source: str) -> dict[str, float]:
-    """Numeric eval metrics of model stage ``source`` from the eval report ({} if the file is absent).
-
-    Expected layout: ``{"models": {"<stage>": {"pass@1": 0.03, "bpb": 1.2, ...}}}``. Names come back as
-    MLflow keys (``pass_at_1``), the form params and tags use.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
+    """Numeric eval metrics of model stage ``source`` from the eval report ({} if the file is absent)."""
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StageError(f"{path}: invalid JSON: {exc}") from exc
-    section = report.get("models", {}).get(source, {})
-    return {
-        metric_key(key): float(value)
-        for key, value in sorted(section.items())
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+        return read_eval_scores(path).get(source, {})
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
 
 
 def pip_requirements() -> list[str]:
@@ -97,18 +80,19 @@ def log_model(model_dir: Path, name: str, max_new_tokens: int) -> str:
     return str(info.registered_model_version)
 
 
-def register_model(params: Params, config: RegisterConfig, model_dir: Path, eval_path: Path) -> StageReport:
+def register_model(job: RegisterJob, model_dir: Path, eval_path: Path) -> StageReport:
     """Register ``model_dir`` as a new version of ``codemill-<model.name>`` inside the active MLflow run."""
     import mlflow
 
     from components.register.lineage import lineage_tags
 
+    config = job.register_
     if not (model_dir / "config.json").exists():
         raise StageError(
             f"{model_dir}: no Hugging Face checkpoint (config.json) from stage {config.source!r}"
         )
     client = mlflow.MlflowClient()
-    name = registry.registered_name(params.model.name)
+    name = registry.registered_name(job.model_name)
     metrics = read_eval_metrics(eval_path, config.source)
     champion = registry.alias_version(name, registry.CHAMPION, client)
     champion_metrics = registry.version_metrics(champion, list(config.compare)) if champion else {}
@@ -119,7 +103,9 @@ def register_model(params: Params, config: RegisterConfig, model_dir: Path, eval
     passed = all(gate.passed for gate in gates)
     tags = {registry.metric_tag(metric): repr(value) for metric, value in metrics.items()}
     tags["source_stage"] = config.source
-    tags.update(lineage_tags(params, client, client.get_run(run.info.run_id)))
+    if run is None:
+        raise StageError("register: no active MLflow run (the stage runner opens one)")
+    tags.update(lineage_tags(client, client.get_run(run.info.run_id)))
     tags.update(registry.gate_tags(gates))
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -156,9 +142,6 @@ def register_model(params: Params, config: RegisterConfig, model_dir: Path, eval
     return report
 
 
-def run(params: Params, io: StageIO) -> StageReport:
+def run(job: RegisterJob, context: StageContext, io: StageIO) -> StageReport:
     """Register models/<register.source> in MLflow and gate it into aliases challenger/champion."""
-    config: RegisterConfig = params.register_
-    model_dir = Path(io.inputs[0]) if io.inputs else Path("models") / config.source
-    eval_path = Path(io.inputs[1]) if len(io.inputs) > 1 else Path(EVAL_REPORT)
-    return register_model(params, config, model_dir, eval_path)
+    return register_model(job, Path(io.input("model")), Path(io.input("eval")))

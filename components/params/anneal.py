@@ -1,8 +1,11 @@
 """Parameters of the anneal stage (``anneal:`` in params.yaml)."""
 
+from typing import Literal
+
 from pydantic import Field
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+from components.params.training import FimRates, TrainingJob
 
 
 class HighQualityRule(StrictModel):
@@ -25,3 +28,11 @@ class AnnealConfig(StrictModel):
     hq_fraction: float = Field(0.5, ge=0, le=1)
     hq_rule: HighQualityRule = HighQualityRule()
     weight_decay: float = Field(0.1, ge=0)
+
+
+class AnnealJob(TrainingJob):
+    """Annealing: model, engine, FIM rates and ``anneal:``."""
+
+    stage: Literal["anneal"] = "anneal"
+    fim: FimRates = FimRates()
+    anneal: AnnealConfig = AnnealConfig()

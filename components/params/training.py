@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
 
 class ModelConfig(StrictModel):
@@ -86,3 +86,40 @@ class TrainConfig(StrictModel):
         if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         return betas
+
+
+#: ``train`` fields that do not change what is trained (left out of the checkpoint fingerprint).
+NOT_SHAPING_TRAIN_FIELDS = frozenset(
+    {
+        "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches", "log_every", "peak_tflops",
+        "hostfile", "master_port", "num_gpus", "num_nodes",
+    }
+)  # fmt: skip
+
+
+class FimRates(StrictModel):
+    """``tokenize.fim_rate`` / ``tokenize.fim_spm_rate``, applied by the training dataset per epoch."""
+
+    rate: float = Field(0.5, ge=0, le=1)
+    spm_rate: float = Field(0.5, ge=0, le=1)
+
+
+class TrainingJob(StrictModel):
+    """What a training stage reads: the architecture, the engine, and (in subclasses) its own section.
+
+    ``stage`` names the section; :meth:`section` returns it.
+    """
+
+    stage: str
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def section(self) -> StrictModel:
+        """The stage's own section (``pretrain:``, ``anneal:``, ``sft:``)."""
+        return getattr(self, self.stage)
+
+    def shaping(self) -> dict:
+        """Everything of the job that changes the trained weights (for the checkpoint fingerprint)."""
+        dumped = self.model_dump(mode="json")
+        dumped["train"] = {k: v for k, v in dumped["train"].items() if k not in NOT_SHAPING_TRAIN_FIELDS}
+        return dumped

@@ -1,16 +1,14 @@
 """Parameters of the register stage (``register:`` in params.yaml)."""
 
-import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+from components.report import metric_key
 
-
-def metric_key(name: str) -> str:
-    """A metric name as MLflow accepts it in keys: ``pass@1`` -> ``pass_at_1`` (only ``[\\w.\\- :/]``)."""
-    return re.sub(r"[^\w.\- :/]", "_", name.replace("@", "_at_"))
+Direction = Literal["max", "min"]
+DEFAULT_COMPARE: dict[str, Direction] = {"pass_at_1": "max", "bpb": "min"}
 
 
 class PromotionConfig(StrictModel):
@@ -36,9 +34,7 @@ class RegisterConfig(StrictModel):
     #: metric -> highest allowed value (lower is better, e.g. bpb).
     max_scores: dict[str, float] = Field(default_factory=dict)
     #: metric -> direction compared with the current champion (``max``: higher is better).
-    compare: dict[str, Literal["max", "min"]] = Field(
-        default_factory=lambda: {"pass_at_1": "max", "bpb": "min"}
-    )
+    compare: dict[str, Direction] = Field(default_factory=lambda: dict(DEFAULT_COMPARE))
     #: Largest allowed absolute regression against the champion on each ``compare`` metric.
     tolerance: float = Field(0.0, ge=0)
     promotion: PromotionConfig = PromotionConfig()
@@ -52,3 +48,12 @@ class RegisterConfig(StrictModel):
             if metric_key(name) != name:
                 raise ValueError(f"metric {name!r} must be written {metric_key(name)!r} (MLflow key)")
         return value
+
+
+class RegisterJob(StrictModel):
+    """Registration: ``register:`` and ``model.name`` (registered as ``codemill-<name>``)."""
+
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    model_name: str = "tiny"
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)

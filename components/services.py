@@ -29,9 +29,8 @@ from typing import Any
 
 import psutil
 
-from components.cli import tool_env
-from components.config import load_params
-from flows.process_group import kill_group
+from components.params import load_params
+from components.processes import kill_group, tool_env
 
 STATE_DIR = Path(".codemill")
 SERVICES_FILE = STATE_DIR / "services.json"

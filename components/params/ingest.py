@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
 #: Our document columns a ``files`` source can map from its own columns.
 MAPPABLE_COLUMNS = ("content", "repo", "path", "lang", "stars", "license")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.tokenize.tokenizer import SpecialIds, TokenCodec
+from components.tokens.tokenizer import SpecialIds, TokenCodec
 
 SPLITS = ("train", "val")
 INDEX_FILE = "index.json"
@@ -112,27 +112,17 @@ def split_paths(directory: str | Path, split: str) -> dict[str, Path]:
     }
 
 
-def write_split(
+def write_split_index(
     directory: str | Path,
     split: str,
-    documents: Sequence[np.ndarray],
+    lengths: Sequence[int] | np.ndarray,
     ids: Sequence[str],
-    doc_bytes: Sequence[int],
-    dtype: np.dtype,
-) -> None:
-    """Write a split's files (see the module docstring); deterministic bytes for the same input."""
-    flat = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
-    flat.astype(dtype).tofile(split_paths(directory, split)["bin"])
-    write_split_index(directory, split, [len(tokens) for tokens in documents], ids, doc_bytes)
-
-
-def write_split_index(
-    directory: str | Path, split: str, lengths: Sequence[int], ids: Sequence[str], doc_bytes: Sequence[int]
+    doc_bytes: Sequence[int] | np.ndarray,
 ) -> None:
     """Write a split's document index (start offsets, byte counts, ids) for tokens already in its ``.bin``."""
     paths = split_paths(directory, split)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     np.save(paths["docs"], starts)
     np.save(paths["doc_bytes"], np.asarray(doc_bytes, dtype=np.int64))
     paths["ids"].write_text(json.dumps(list(ids)) + "\n", encoding="utf-8")

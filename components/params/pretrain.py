@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+from components.params.training import FimRates, TrainingJob
 
 
 class PretrainConfig(StrictModel):
@@ -35,3 +36,11 @@ class PretrainConfig(StrictModel):
         if self.min_lr > self.lr:
             raise ValueError(f"pretrain.min_lr ({self.min_lr}) exceeds pretrain.lr ({self.lr})")
         return self
+
+
+class PretrainJob(TrainingJob):
+    """Pretraining: model, engine, FIM rates and ``pretrain:``."""
+
+    stage: Literal["pretrain"] = "pretrain"
+    fim: FimRates = FimRates()
+    pretrain: PretrainConfig = PretrainConfig()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -83,11 +83,11 @@ class SpecialIds:
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> SpecialIds:
         """Look the special tokens up in ``tokenizer``; an error names any that is missing."""
-        ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
-        missing = [token for token, token_id in zip(SPECIAL_TOKENS, ids, strict=True) if token_id is None]
+        found = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+        missing = [token for token, token_id in found.items() if token_id is None]
         if missing:
             raise ValueError(f"tokenizer lacks special token(s) {missing}")
-        return cls(*ids)
+        return cls(*(int(token_id) for token_id in found.values() if token_id is not None))
 
     def by_token(self) -> dict[str, int]:
         """``{"<|endoftext|>": 0, ...}``."""
@@ -138,7 +138,8 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     """The Hugging Face tokenizer of a tokenize output directory (or of its ``tokenizer`` folder)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir(directory)))
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_dir(directory)))
+    return tokenizer
 
 
 class TokenCodec:
@@ -166,7 +167,7 @@ class TokenCodec:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of many texts (Rust threads; in chunks, so memory stays bounded)."""
-        encoded = []
+        encoded: list[np.ndarray] = []
         for start in range(0, len(texts), ENCODE_CHUNK):
             chunk = list(texts[start : start + ENCODE_CHUNK])
             encodings = self.tokenizer.encode_batch_fast(chunk, add_special_tokens=False)

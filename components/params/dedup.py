@@ -4,7 +4,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+
+DedupLevel = Literal["none", "exact", "file", "repo"]
 
 #: Licences a survivor is preferred for (BigCode: permissive > stars > ...). Lower-case fnmatch patterns,
 #: matched against each comma/"or"/"/"-separated part of a document's ``license`` value.
@@ -39,7 +41,7 @@ class DedupConfig(StrictModel):
     near-duplicate files, ``repo`` removes whole repositories that (near-)duplicate another one.
     """
 
-    level: Literal["none", "exact", "file", "repo"] = "file"
+    level: DedupLevel = "file"
     #: Words per shingle.
     ngram: int = Field(5, ge=1)
     num_perm: int = Field(256, ge=16, le=4096)

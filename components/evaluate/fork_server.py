@@ -1,7 +1,7 @@
-"""Fork server: runs untrusted programs, each in a fresh forked child (started by evaluate/sandbox.py).
+"""Fork server: runs untrusted programs, each in a fresh forked child (started by ``sandbox.py``).
 
 Standalone on purpose (standard library only, no project imports): it runs as
-``python -I -S -B runner.py --serve`` in a session of its own, with a minimal environment and its own
+``python -I -S -B fork_server.py --serve`` in a session of its own, with a minimal environment and its own
 temporary directory as cwd. It becomes a child subreaper and imports, once, the modules HumanEval
 programs use. Then, per request (length-prefixed JSON frames on its stdin, answers on its stdout):
 
@@ -159,8 +159,8 @@ def _guard() -> None:
     for name in GUARDED_OS_FUNCTIONS:
         if hasattr(os, name):
             setattr(os, name, None)
-    builtins.exit = None
-    builtins.quit = None
+    builtins.exit = None  # type: ignore[assignment]
+    builtins.quit = None  # type: ignore[assignment]
 
 
 def _isolate(request: dict, libc: ctypes.CDLL, server_pid: int) -> str:
@@ -242,7 +242,7 @@ def _run_program(request: dict, libc: ctypes.CDLL, report_fd: int, server_pid: i
 
 def _children(pid: int) -> list[int]:
     """Direct children of ``pid`` (all its threads), from /proc."""
-    found = []
+    found: list[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
@@ -353,5 +353,5 @@ def serve() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--serve"]:
-        raise SystemExit("usage: python -I -S -B runner.py --serve")
+        raise SystemExit("usage: python -I -S -B fork_server.py --serve")
     raise SystemExit(serve())

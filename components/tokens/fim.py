@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from components.tokenize.tokenizer import SpecialIds, TokenCodec
+from components.tokens.tokenizer import SpecialIds, TokenCodec
 
 
 def apply_fim_batch(

@@ -1,8 +1,12 @@
 """Parameters of the sft stage (``sft:`` in params.yaml): OpenCoder-style multi-stage instruction tuning."""
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
+from components.params.clean import DecontamConfig
+from components.params.training import TrainingJob
 
 
 class SftStageConfig(StrictModel):
@@ -61,3 +65,11 @@ class SftConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"sft.stages: stage names must be unique, got {names}")
         return self
+
+
+class SftJob(TrainingJob):
+    """Instruction tuning: model, engine, ``sft:``, and the benchmarks mined pairs must not overlap."""
+
+    stage: Literal["sft"] = "sft"
+    sft: SftConfig = SftConfig()
+    decontam: DecontamConfig = DecontamConfig()

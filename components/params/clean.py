@@ -1,20 +1,25 @@
 """Parameters of the clean stage (``clean:`` in params.yaml): PII redaction and decontamination."""
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
 #: The PII kinds the redaction table knows (components/clean/pii.py); each has one placeholder.
 PiiKind = Literal["email", "ip_address", "key"]
+#: The rules of that table, by name (a test checks the table has exactly these).
+PII_RULE_NAMES = (
+    "private_key", "aws_access_key_id", "aws_secret_key", "github_token", "slack_token", "slack_webhook",
+    "bearer_token", "secret_assignment", "email", "ipv4", "ipv6",
+)  # fmt: skip
 
 
 class PIIConfig(StrictModel):
     """Which PII kinds are redacted."""
 
     enabled: bool = True
-    kinds: list[PiiKind] = Field(default_factory=lambda: ["email", "ip_address", "key"])
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(get_args(PiiKind)))
 
     @field_validator("kinds")
     @classmethod

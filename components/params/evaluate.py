@@ -2,7 +2,7 @@
 
 from pydantic import Field, field_validator, model_validator
 
-from components.strict_model import StrictModel
+from components.params.base import StrictModel
 
 #: BigCode harness stop sequences for HumanEval: generation ends at the next top-level statement.
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -24,9 +24,8 @@ class EvaluateConfig(StrictModel):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
     stop: list[str] = Field(default_factory=lambda: list(HUMANEVAL_STOP))
-    #: Model stages evaluated, each read from ``<models_dir>/<stage>`` (an exported HF checkpoint).
+    #: Model stages evaluated, each read from ``<models input>/<stage>`` (an exported HF checkpoint).
     models: list[str] = Field(default_factory=lambda: ["pretrain", "anneal"])
-    models_dir: str = "models"
     #: Stages whose model is prompted through its chat template (instruct models).
     chat_models: list[str] = Field(default_factory=lambda: ["sft"])
     #: First N problems only (None: all 164), for quick CPU runs.
@@ -37,8 +36,6 @@ class EvaluateConfig(StrictModel):
     greedy: bool = True
     #: Sampled decoding (n_samples per problem, temperature/top_p) for pass@k.
     sampling: bool = True
-    #: Tokenize output with the val split for bits per byte (skipped when it does not exist).
-    data_dir: str = "data/tokenize"
     #: Validation sequences (of model.seq_len tokens) scored for bits per byte.
     bpb_sequences: int = Field(64, ge=1)
     #: torch intra-op threads on CPU (None: torch's default). A small model generates several times
@@ -59,3 +56,10 @@ class EvaluateConfig(StrictModel):
         if max(self.k) > self.n_samples:
             raise ValueError(f"evaluate.k = {self.k} has a k above evaluate.n_samples = {self.n_samples}")
         return self
+
+
+class EvaluateJob(StrictModel):
+    """Evaluation: ``evaluate:`` and the context length bits per byte are measured at."""
+
+    evaluate: EvaluateConfig = EvaluateConfig()
+    seq_len: int = Field(256, ge=8)

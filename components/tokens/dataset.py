@@ -25,15 +25,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.tokenize.fim import apply_fim_batch
-from components.tokenize.packing import INDEX_FILE, SPLITS, metadata_length, split_paths
-from components.tokenize.tokenizer import TokenCodec, load_tokenizer
+from components.tokens.fim import apply_fim_batch
+from components.tokens.packing import INDEX_FILE, SPLITS, metadata_length, split_paths
+from components.tokens.tokenizer import TokenCodec, load_tokenizer
 
 #: Documents FIM-transformed per batched decode/encode call while an epoch is built.
 FIM_CHUNK = 4096
@@ -235,4 +236,51 @@ class TokenDataset:
         return np.concatenate(pieces).astype(np.int64)
 
 
-__all__ = ["TokenDataset", "load_tokenizer", "read_index"]
+class TokenizedData:
+    """An opened tokenize output: its index, tokenizer and validation set, read once and handed around.
+
+    The training engine and the evaluate stage get one of these instead of a path to reopen.
+    """
+
+    def __init__(self, directory: str | Path, seq_len: int, seed: int) -> None:
+        self.directory = Path(directory)
+        self.seq_len = seq_len
+        self.seed = seed
+        self.index = read_index(directory)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (loaded on first use)."""
+        return load_tokenizer(self.directory)
+
+    @cached_property
+    def val(self) -> TokenDataset:
+        """The validation split: documents in file order, never FIM."""
+        return TokenDataset(self.directory, "val", self.seq_len, self.seed)
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary."""
+        return int(self.index["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        """The id of ``<|endoftext|>``."""
+        return int(self.index["eos_id"])
+
+    @property
+    def val_bytes_per_token(self) -> float:
+        """UTF-8 bytes per stored token of the validation split (for bits per byte)."""
+        stats = self.index["splits"]["val"]
+        return stats["bytes"] / stats["tokens"]
+
+    def train(
+        self, fim_rate: float = 0.0, fim_spm_rate: float = 0.5, doc_ids: Sequence[str] | None = None
+    ) -> TokenDataset:
+        """The training split (optionally some of its documents), with FIM per epoch."""
+        return TokenDataset(
+            self.directory, "train", self.seq_len, self.seed, fim_rate, fim_spm_rate, doc_ids=doc_ids
+        )
+
+
+__all__ = ["TokenDataset", "TokenizedData", "load_tokenizer", "read_index"]
