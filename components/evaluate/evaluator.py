@@ -17,6 +17,7 @@ import torch
 from components.errors import StageError
 from components.evaluate.generate import Decoding, chat_prompt, extract_code, generate
 from components.evaluate.humaneval import load_problems, score_samples, summarize
+from components.evaluate.sandbox import isolation_in_force
 from components.params import StageContext
 from components.params.evaluate import EvaluateConfig, EvaluateJob
 from components.report import Artifact, StageReport, metric_key, write_eval_report, write_json
@@ -40,12 +41,13 @@ def plot_records(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def settings(config: EvaluateConfig, seed: int, seq_len: int) -> dict[str, Any]:
-    """Every decoding and execution setting the scores depend on."""
+    """Every decoding and execution setting the scores depend on, the sandbox isolation in force included."""
     return {
         **config.model_dump(),
         "seed": seed,
         "bpb_seq_len": seq_len,
         "greedy_decoding": {"temperature": 0.0, "max_new_tokens": config.max_new_tokens},
+        "sandbox_isolation": isolation_in_force(config.isolation),
     }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from components.errors import StageError
 from components.evaluate.passk import mean_pass_at_k
-from components.evaluate.sandbox import run_programs
+from components.evaluate.sandbox import isolation_in_force, run_programs
 from components.params.evaluate import EvaluateConfig
 from components.shards import iter_jsonl
 
@@ -42,7 +42,7 @@ def score_samples(
     """
     config = config or EvaluateConfig()
     programs = [check_program(problems[sample["task_id"]], sample["completion"]) for sample in samples]
-    outcomes = run_programs(programs, config.timeout_s, config.memory_mb, config.workers)
+    outcomes = run_programs(programs, config.timeout_s, config.memory_mb, config.workers, config.isolation)
     seen: Counter[str] = Counter()
     results = []
     for sample, outcome in zip(samples, outcomes, strict=True):
@@ -95,4 +95,7 @@ def score_file(
     """Score a samples file (``task_id``, ``completion``) in the sandbox: per-sample results and pass@k."""
     problems = load_problems(problems_path)
     results = score_samples(read_samples(samples_path, problems), problems, config)
-    return results, summarize(results, config.k)
+    return results, {
+        **summarize(results, config.k),
+        "sandbox_isolation": isolation_in_force(config.isolation),
+    }

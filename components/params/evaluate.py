@@ -1,5 +1,7 @@
 """Parameters of HumanEval evaluation (``evaluate:`` in params.yaml): sandbox limits and decoding."""
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from components.params.base import StrictModel
@@ -17,6 +19,10 @@ class EvaluateConfig(StrictModel):
     memory_mb: int = Field(1024, ge=64)
     #: Programs run at the same time (one sandbox process each).
     workers: int = Field(2, ge=1)
+    #: How programs are isolated (docs/security.md): ``auto`` takes the strongest level this machine
+    #: allows (``namespaces``: no network, no host files or processes; ``seccomp``: no network;
+    #: ``none``), warning loudly below ``namespaces``; a level by name requires it.
+    isolation: Literal["auto", "namespaces", "seccomp", "none"] = "auto"
     #: Samples per problem for pass@k (greedy pass@1 needs one).
     n_samples: int = Field(20, ge=1)
     k: list[int] = Field(default_factory=lambda: [1, 10])
