@@ -121,23 +121,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(shlex.join(command) for command in commands))
         return 0
-    import asyncio
+    from components.processes import CommandFailed, run_guarded, tool_env
 
-    from flows.pipeline import pipeline
-
+    flow_args = {
+        "targets": args.targets or None,
+        "overrides": overrides or None,
+        "experiment": experiment,
+        "force": args.force,
+        "single_item": args.single_item,
+    }
+    # The flow runs under a guard: a kill of this command ends it, its stages and Prefect's temporary API.
     try:
-        asyncio.run(
-            pipeline(
-                targets=args.targets or None,
-                overrides=overrides or None,
-                experiment=experiment,
-                force=args.force,
-                single_item=args.single_item,
-            )
+        run_guarded(
+            [sys.executable, "-m", "flows.pipeline", json.dumps(flow_args)], env=tool_env(), capture=False
         )
-    except Exception as exc:
-        print(f"codemill run: the pipeline failed: {exc}", file=sys.stderr)
-        return 1
+    except CommandFailed:
+        return 1  # the flow printed why
     return _cmd_summary(args)
 
 
@@ -162,10 +161,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from components.services import down, read_services
+    from components.services import ServiceError, down, read_services
 
-    names = [record["name"] for record in read_services(Path.cwd())]
-    problems = down(".")
+    try:
+        names = [record["name"] for record in read_services(Path.cwd())]
+        problems = down(".")
+    except ServiceError as exc:
+        return _fail("down", exc, 1)
     for problem in problems:
         print(f"codemill down: {problem}", file=sys.stderr)
     print(f"stopped: {', '.join(names) or 'nothing was running'}")

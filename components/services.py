@@ -8,12 +8,19 @@ deploys ``prefect.yaml`` and prints both UI addresses. Each service runs in its 
 descendants (flow runs a worker started included): SIGINT twice (a Prefect worker needs the second),
 then SIGTERM, then SIGKILL, and checks that none is left.
 
+Safety: ``up`` and ``down`` hold an exclusive lock (``.codemill/services.lock``), so two ``up`` started at
+the same moment cannot both start servers. A process is signalled only when it is provably ours: the
+recorded PID with the recorded start time and boot, its descendants, and the members of its process
+group; a stale record (after a reboot, or a recycled PID) signals nothing. ``services.json`` is written
+atomically; a corrupt one is reported, not crashed on.
+
 Prefect's state lives in ``$PREFECT_HOME`` (default here: ``.codemill/prefect``, next to the project).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -24,16 +31,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from components.params import load_params
-from components.processes import kill_group, tool_env
+from components.processes import ProcessRecord, tool_env
 
 STATE_DIR = Path(".codemill")
 SERVICES_FILE = STATE_DIR / "services.json"
+LOCK_FILE = STATE_DIR / "services.lock"
 WORK_POOL = "codemill"
 HOST = "127.0.0.1"
 #: (signal, seconds to wait for the processes to go) in order; a Prefect worker needs a second SIGINT.
@@ -98,48 +107,56 @@ def start_service(name: str, cmd: list[str], root: Path, env: dict[str, str], **
         "name": name,
         "pid": process.pid,
         "create_time": psutil.Process(process.pid).create_time(),
+        "boot_time": psutil.boot_time(),
         "cmd": cmd,
         "log": str(log),
         **extra,
     }
 
 
+def _same_boot(record: dict[str, Any]) -> bool:
+    return abs(float(record.get("boot_time", 0)) - psutil.boot_time()) < 1.0
+
+
 def is_running(record: dict[str, Any]) -> bool:
-    """Whether the recorded process is still the one we started (same PID and start time) and alive."""
-    try:
-        process = psutil.Process(record["pid"])
-        return process.create_time() == record["create_time"] and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    """Whether the recorded process is still the one we started (same PID, start time and boot) and alive."""
+    return _same_boot(record) and ProcessRecord.from_dict(record).alive()
 
 
 def _tree(record: dict[str, Any]) -> list[psutil.Process]:
-    """The recorded process (if it is still ours), its descendants, and the rest of its process group."""
+    """The processes of a service that are provably ours: the recorded process (same PID, start time and
+    boot), its descendants and its process group; if the process is gone, what is left of its group
+    (a PGID in use is never handed out as a new PID). Nothing for a stale record."""
+    if not _same_boot(record):
+        return []
     found: dict[int, psutil.Process] = {}
-    if is_running(record):
-        process = psutil.Process(record["pid"])
+    process = ProcessRecord.from_dict(record).process()
+    if process is not None:
         for member in [process, *process.children(recursive=True)]:
             found[member.pid] = member
-    for process in psutil.process_iter():
+    elif psutil.pid_exists(record["pid"]):
+        return []  # the PID now belongs to another process: neither it nor its group is ours
+    for candidate in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == record["pid"]:
-                found[process.pid] = process
+            if os.getpgid(candidate.pid) == record["pid"]:
+                found[candidate.pid] = candidate
     return list(found.values())
 
 
 def stop_service(record: dict[str, Any]) -> list[int]:
-    """Stop a recorded service with its group and descendants (``STOP_SEQUENCE``); returns survivors' PIDs."""
+    """Stop a recorded service with its group and descendants (``STOP_SEQUENCE``); returns survivors' PIDs.
+
+    Each process is signalled on its own, after :func:`_tree` proved it ours (never a bare ``killpg``).
+    """
     tracked = {p.pid: p for p in _tree(record)}
     for sig, wait_s in STOP_SEQUENCE:
         tracked.update({p.pid: p for p in _tree(record)})
         alive = [p for p in tracked.values() if _alive(p)]
         if not alive:
             return []
-        kill_group(record["pid"], sig)
-        for process in alive:  # descendants in other process groups (a worker's flow runs) too, once
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getpgid(process.pid) != record["pid"]:
-                    process.send_signal(sig)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(sig)
         psutil.wait_procs(alive, timeout=wait_s)
     return [p.pid for p in tracked.values() if _alive(p)]
 
@@ -152,15 +169,46 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def read_services(root: Path) -> list[dict[str, Any]]:
-    """The services recorded by ``up`` (empty if none)."""
+    """The services recorded by ``up`` (empty if none); a ServiceError names a corrupt file."""
     path = root / SERVICES_FILE
-    return json.loads(path.read_text())["services"] if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        services = json.loads(path.read_text())["services"]
+        for record in services:
+            ProcessRecord.from_dict(record)
+            if not isinstance(record.get("name"), str):
+                raise ValueError(f"a record without a name: {record!r}")
+        return services
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ServiceError(
+            f"{path} is corrupt ({exc}); check that no service of this project runs, then delete it"
+        ) from None
 
 
 def _write_services(root: Path, services: list[dict[str, Any]]) -> None:
+    """Write the records atomically (temporary file + rename)."""
     path = root / SERVICES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"services": services}, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"services": services}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def services_lock(root: Path) -> Iterator[None]:
+    """Hold the project's exclusive services lock; a ServiceError when another ``up``/``down`` holds it."""
+    path = root / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceError(f"another `codemill up` or `codemill down` is running ({path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prefect_cli(args: list[str], root: Path, env: dict[str, str], timeout_s: float = 180) -> str:
@@ -202,8 +250,22 @@ def up(
 
     MLflow stores artifacts in ``artifacts_destination`` (e.g. ``s3://bucket/mlflow``, endpoint and keys
     from the ``AWS_*`` / ``MLFLOW_S3_ENDPOINT_URL`` environment), default ``tracking.artifact_location``.
+    Holds the services lock throughout: a second ``up`` at the same moment fails at once.
     """
     root = Path(root).resolve()
+    with services_lock(root):
+        return _start_all(root, prefect_port, mlflow_port, deploy, timeout_s, artifacts_destination)
+
+
+def _start_all(
+    root: Path,
+    prefect_port: int,
+    mlflow_port: int,
+    deploy: bool,
+    timeout_s: float,
+    artifacts_destination: str | None,
+) -> dict[str, str]:
+    """The body of :func:`up`, under the lock."""
     if any(is_running(record) for record in read_services(root)):
         raise ServiceError(f"services are already up (see {SERVICES_FILE}); run `codemill down` first")
     for port in (prefect_port, mlflow_port):
@@ -269,10 +331,11 @@ def down(root: str | Path = ".") -> list[str]:
     """Stop the recorded services (last started first); returns what could not be stopped (normally [])."""
     root = Path(root).resolve()
     problems = []
-    for record in reversed(read_services(root)):
-        survivors = stop_service(record)
-        if survivors:
-            problems.append(f"{record['name']}: processes {survivors} survived SIGKILL")
-    if not problems:
-        (root / SERVICES_FILE).unlink(missing_ok=True)
+    with services_lock(root):
+        for record in reversed(read_services(root)):
+            survivors = stop_service(record)
+            if survivors:
+                problems.append(f"{record['name']}: processes {survivors} survived SIGKILL")
+        if not problems:
+            (root / SERVICES_FILE).unlink(missing_ok=True)
     return problems

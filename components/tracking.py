@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ import psutil
 
 from components.params import StageContext
 from components.params.shared import TrackingConfig
+from components.processes import ProcessRecord
 from components.report import Artifact, StageReport
 
 PARENT_RUN_ENV = "CODEMILL_PARENT_RUN_ID"
@@ -47,6 +49,9 @@ TAG_STAGE_RUN = "codemill.run"  # + ".<stage>"
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_DVC_EXP = "dvc.exp_name"
+#: The process that owns a run while it is RUNNING: host, pid and start time (a killed owner's run is
+#: marked KILLED by the next run of that stage or pipeline).
+TAG_OWNER = "codemill.owner"
 TAG_OUT_MD5 = "dvc.md5"  # + ".<output path>"
 #: The experiment tag the MLflow UI reads to pick its view, and the value for model training.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -97,9 +102,42 @@ def git_state(root: Path | None = None) -> dict[str, str]:
     return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: str(dirty).lower()}
 
 
+def owner_tag() -> str:
+    """``host:pid:start-time`` of this process."""
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{me.create_time()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the process an owner tag names still runs (on another host: assumed so)."""
+    host, _, rest = owner.partition(":")
+    pid, _, created = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        return ProcessRecord(int(pid), float(created)).alive()
+    except ValueError:
+        return True
+
+
+def close_stale_runs(experiment_id: str, filters: Mapping[str, str]) -> list[str]:
+    """Mark KILLED the RUNNING runs with ``filters`` tags whose owning process is gone; returns their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in filters.items()]
+    runs = client.search_runs(
+        [experiment_id], filter_string=" and ".join(["attributes.status = 'RUNNING'", *conditions])
+    )
+    stale = [run.info.run_id for run in runs if not _owner_alive(run.data.tags.get(TAG_OWNER, ""))]
+    for run_id in stale:
+        client.set_terminated(run_id, status="KILLED")
+    return stale
+
+
 def run_tags(stage: str | None = None) -> dict[str, str]:
-    """Tags every codemill run carries: git state, DVC experiment name, and the stage if any."""
-    tags = git_state()
+    """Tags every codemill run carries: git state, DVC experiment name, its owning process, the stage."""
+    tags = {**git_state(), TAG_OWNER: owner_tag()}
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
         tags[TAG_DVC_EXP] = exp_name
@@ -165,6 +203,7 @@ def create_parent_run(
     import mlflow
 
     experiment_id = configure(tracking, root)
+    close_stale_runs(experiment_id, {TAG_KIND: kind})
     uri = mlflow.get_tracking_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
     all_tags = {TAG_KIND: kind, **run_tags(), **(tags or {})}
@@ -275,6 +314,7 @@ def stage_run(stage: str, context: StageContext, params: Mapping[str, Any]) -> I
     import mlflow
 
     experiment_id = configure(context.tracking)
+    close_stale_runs(experiment_id, {TAG_STAGE: stage})
     parent = parent_run_id(context.tracking, experiment_id)
     with (
         mlflow.start_run(run_id=parent),

@@ -357,3 +357,21 @@ async def pipeline(
     if failures:
         raise PipelineFailed("\n\n".join(failures))
     return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.pipeline KWARGS_JSON``: run the flow with these arguments (what ``codemill run``
+    starts under its guard, so the flow, its stages and Prefect's temporary API server die with it)."""
+    import sys
+
+    kwargs = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    try:
+        asyncio.run(pipeline(**kwargs))
+    except Exception as exc:
+        print(f"codemill run: the pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

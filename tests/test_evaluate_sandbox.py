@@ -343,8 +343,9 @@ def test_killing_the_scorer_ends_the_server_the_program_and_its_daemons(tmp_path
     completion = "    " + _spawner(marker, "time.sleep(60)").replace("\n", "\n    ")
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": completion}) + "\n")
     before = {path.name for path in Path("/tmp").glob("codemill-sandbox-*")}
+    command = ["eval-samples", str(samples), "--timeout", "60", "--workers", "1"]
     scorer = subprocess.Popen(
-        [sys.executable, "-m", "components.cli", "eval-samples", str(samples), "--timeout", "60", "--workers", "1"],
+        [sys.executable, "-m", "components.cli", *command],
         cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60

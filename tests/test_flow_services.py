@@ -86,3 +86,50 @@ def test_up_answers_and_deploys_then_down_leaves_no_process(tmp_path: Path) -> N
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
     assert not (root / ".codemill/services.json").exists()
+
+
+def test_two_ups_at_once_cannot_both_start(tmp_path: Path) -> None:
+    from components import services
+
+    with (
+        services.services_lock(tmp_path),
+        pytest.raises(services.ServiceError, match="another `codemill up`"),
+    ):
+        services.up(tmp_path, _free_port(), _free_port(), deploy=False)
+    assert not (tmp_path / services.SERVICES_FILE).exists()
+
+
+def test_down_never_signals_a_process_that_is_not_the_recorded_one(tmp_path: Path) -> None:
+    from components import services
+
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        started = psutil.Process(bystander.pid).create_time()
+        stale = [
+            # the same PID, another start time: a recycled PID (or a record from before a reboot)
+            {
+                "name": "recycled",
+                "pid": bystander.pid,
+                "create_time": started - 1000,
+                "boot_time": psutil.boot_time(),
+            },
+            # the right process, but recorded in another boot
+            {"name": "old-boot", "pid": bystander.pid, "create_time": started, "boot_time": 1.0},
+        ]
+        services._write_services(tmp_path, stale)
+        assert services.down(tmp_path) == []
+        assert bystander.poll() is None, "an unrelated process (and its group) was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_corrupt_services_file_is_reported_not_crashed_on(tmp_path: Path) -> None:
+    (tmp_path / ".codemill").mkdir()
+    (tmp_path / ".codemill" / "services.json").write_text('{"services": [{"name": "x", "pid": "abc"')
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    result = _codemill(["down"], tmp_path, env)
+    assert result.returncode == 1 and "services.json is corrupt" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

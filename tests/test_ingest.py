@@ -120,8 +120,12 @@ def test_bad_files_are_skipped_by_reason_without_crashing(
     (repo / "broken.py").symlink_to("missing.py")
     (repo / "linked.py").symlink_to("good.py")
     (repo / "sub" / "up").symlink_to("..")  # a directory link back to an ancestor: a loop
+    (repo / "sub_again").symlink_to("sub")  # other directory links are not followed either
     (tmp_path / "other").mkdir()
-    (repo / "elsewhere").symlink_to(tmp_path / "other")  # other directory links are not followed
+    (repo / "elsewhere").symlink_to(tmp_path / "other")  # a link out of the source: never followed
+    (tmp_path / "secret.py").write_text("PASSWORD = 'hunter2'\n")
+    (repo / "secret.py").symlink_to(tmp_path / "secret.py")  # a file link out of the source: skipped
+    (repo / os.fsdecode(b"caf\xe9.py")).write_text("X = 1\n")  # a Latin-1 file name: skipped
     monkeypatch.chdir(repo)
     server = socket.socket(socket.AF_UNIX)
     server.bind("socket.py")  # a directory entry that cannot be opened as a file, even by root
@@ -144,9 +148,12 @@ def test_bad_files_are_skipped_by_reason_without_crashing(
         "too_large": 2,
         "symlink_loop": 3,
         "symlink_dir": 1,
+        "symlink_outside": 2,
+        "bad_name": 1,
         "broken_symlink": 1,
         "unreadable": 1,
     }
+    assert "hunter2" not in "".join(row["content"] for row in rows)
     assert report.files_in == 3 + sum(report.drops.values())
     # Only what was read counts as input: the two oversized files contribute nothing.
     read = [

@@ -69,3 +69,14 @@ def test_leftover_processes_are_killed_when_the_server_exits(tmp_path: Path) -> 
     assert proc.wait(timeout=30) == 3
     orphan = int(pid_file.read_text())
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+
+
+def test_sigkill_of_serve_ends_the_server_tree() -> None:
+    proc = _wrapper("sleep 300 & sleep 300 & wait")
+    children = _wait_for_children(proc, 4)  # the guard, bash + 2 sleeps
+    proc.send_signal(signal.SIGKILL)  # no handler can run: the guard's death signal must do it
+    proc.wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while not _gone(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(children)

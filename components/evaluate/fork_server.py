@@ -290,7 +290,7 @@ def _seccomp_no_inet() -> None:
 def set_up_isolation(requested: str, binds: list[str]) -> tuple[str, str]:
     """Enter the strongest isolation allowed by ``requested`` (``auto`` or a level); returns (level, why)."""
     levels = ISOLATION_LEVELS if requested == "auto" else (requested,)
-    problems = []
+    problems: list[str] = []
     for level in levels:
         try:
             if level == "namespaces":

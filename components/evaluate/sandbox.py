@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from components.evaluate.fork_server import ISOLATION_LEVELS, program_uid, read_frame, write_frame
 from components.processes import kill_group, kill_sessions
@@ -111,7 +112,7 @@ class ForkServer:
         #: The isolation the running server set up (known once it started).
         self.isolation = ""
         self._process: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     def __enter__(self) -> ForkServer:
         return self

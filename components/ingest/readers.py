@@ -35,6 +35,8 @@ UNKNOWN_LANGUAGE = "unknown_language"
 LANGUAGE_NOT_SELECTED = "language_not_selected"
 MISSING_METADATA = "missing_metadata"
 BAD_RECORD = "bad_record"
+SYMLINK_OUTSIDE = "symlink_outside"
+BAD_NAME = "bad_name"
 
 #: Our column -> the columns tried, in order, when a ``files`` source does not map it explicitly.
 #: Covers The Stack (``max_stars_repo_name`` ...) and CodeParrot (``repo_name``, ``license``) layouts.

@@ -20,8 +20,10 @@ import fsspec
 
 from components.errors import StageError
 from components.ingest.readers import (
+    BAD_NAME,
     SYMLINK_DIR,
     SYMLINK_LOOP,
+    SYMLINK_OUTSIDE,
     UNREADABLE,
     FileRules,
     LocalFile,
@@ -68,9 +70,11 @@ class WalkResult:
 
 
 def walk_files(root: str, repo: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS) -> WalkResult:
-    """Every non-directory entry under ``root``, sorted; directory symlinks are recorded (with ``repo``
-    and their path) as skipped, not followed."""
+    """Every non-directory entry under ``root``, sorted. Skipped and recorded (with ``repo`` and their
+    path): directory symlinks (not followed), symlinks that resolve outside ``root`` (a link to
+    /etc/shadow is not source code of this tree), and names that are not valid UTF-8."""
     result = WalkResult()
+    real_root = os.path.realpath(root)
     pending = [(root, "")]
     while pending:
         directory, prefix = pending.pop()
@@ -82,7 +86,12 @@ def walk_files(root: str, repo: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS
             continue
         for entry in entries:
             relative = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
+            if not _is_utf8(entry.name):
+                shown = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                result.excluded.drop(BAD_NAME, {"repo": repo, "path": shown})
+            elif entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root):
+                result.excluded.drop(SYMLINK_OUTSIDE, {"repo": repo, "path": relative})
+            elif entry.is_dir(follow_symlinks=False):
                 if entry.name not in skipped_dirs:
                     pending.append((entry.path, relative + "/"))
             elif entry.is_symlink() and _points_to_directory(entry.path):
@@ -93,6 +102,20 @@ def walk_files(root: str, repo: str, skipped_dirs: frozenset[str] = SKIPPED_DIRS
                 result.files.append(relative)
     result.files.sort()
     return result
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name (decoded by the OS layer with surrogateescape) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether the resolved ``path`` lies within the resolved ``root``."""
+    return os.path.commonpath([path, root]) == root
 
 
 def _points_to_directory(link: str) -> bool:
