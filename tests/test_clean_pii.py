@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections import Counter
 
 import pytest
 
@@ -35,7 +36,42 @@ REDACTED = [
         'headers = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.Xk3p9QzT7w"}',
         'headers = {"Authorization": "Bearer <KEY>"}',
     ),
-    ("secret_assignment", 'STRIPE_API_KEY = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"', 'STRIPE_API_KEY = "<KEY>"'),
+    ("stripe_key", 'STRIPE_API_KEY = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"', 'STRIPE_API_KEY = "<KEY>"'),
+    ("secret_assignment", 'STRIPE_API_KEY = "rk_test_4eC39HqLyjWDarjtT1zdp7dc"', 'STRIPE_API_KEY = "<KEY>"'),
+    # Credentials in URLs: the password goes, the scheme, user and host stay (no email rule eats the host).
+    (
+        "url_credentials",
+        'DSN = "postgresql://report:Zx9-Pq4w@db.internal.corp.com:5432/sales"',
+        'DSN = "postgresql://report:<KEY>@db.internal.corp.com:5432/sales"',
+    ),
+    (
+        "url_credentials",
+        "clone https://deploy:ghs1Kw9@gitlab.com/org/x.git",
+        "clone https://deploy:<KEY>@gitlab.com/org/x.git",
+    ),
+    # A JWT anywhere, not only after Bearer; sk- keys whatever the name they are assigned to.
+    (
+        "jwt",
+        "cookie = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U'",
+        "cookie = '<KEY>'",
+    ),
+    (
+        "sk_key",
+        'client = OpenAI("sk-proj-Ab3dEfGh1jKlMn0pQrStUvWxYz98765")',
+        'client = OpenAI("sk-proj-<KEY>")',
+    ),
+    ("sk_key", "x = ['sk-Qm4nT8wLz2Xc9Vb1Np7Rk3Hd']", "x = ['sk-<KEY>']"),
+    # Token families of the maintained scanners (detect-secrets' patterns) and the ones it lacks.
+    (
+        "github_fine_grained_token",
+        "t = 'github_pat_11AAAAAAA0bcdefghijklmno_pqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefg'",
+        "t = '<KEY>'",
+    ),
+    ("gitlab_token", "GITLAB = 'glpat-xk29Fj3nQ8vLm2Ps7Rt1'", "GITLAB = '<KEY>'"),
+    ("npm_token", "//registry.npmjs.org/:_authToken=npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "<KEY>"),
+    ("pypi_token", "password = pypi-AgEIcHlwaS5vcmc" + "A" * 70, "password = <KEY>"),
+    ("google_api_key", "MAPS_KEY = AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "MAPS_KEY = <KEY>"),
+    ("openai_key", "k = sk-abcdefghij1234567890T3BlbkFJabcdefghij1234567890", "k = <KEY>"),
     ("secret_assignment", "config = {'password': 'Tr0ub4dor&3xkcd'}", "config = {'password': '<KEY>'}"),
     ("secret_assignment", "cfg['auth_token'] = 'a9F3kQ0zX7pL2m'", "cfg['auth_token'] = '<KEY>'"),
     ("private_key", f'KEY = """{PRIVATE_KEY}"""\nload(KEY)\n', 'KEY = """<KEY>"""\nload(KEY)\n'),
@@ -109,3 +145,18 @@ def test_overlapping_matches_are_redacted_once() -> None:
     text = f"{block}\nnote: jane@gmail.com"
     assert [span.rule.name for span in find_pii(text, rules_for(["key"]))] == ["private_key"]
     assert redact(text) == ("<KEY>\nnote: <EMAIL>", {"private_key": 1, "email": 1})
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "pip install scikit-learn  # sk-learn is the import name",
+        "git clone git@github.com:org/repo.git",
+        "url = 'https://alice@example.org/path'",  # a user, no password
+        "see http://localhost:8080/a:b@c",  # a path, not credentials
+        "header = 'eyJhbGciOiJIUzI1NiJ9'",  # one segment is not a JWT
+        "ID = 'AIzaShort'",
+    ],
+)
+def test_common_code_is_not_redacted(code: str) -> None:
+    assert redact(code)[1] == Counter(), code

@@ -21,11 +21,18 @@ keep code intact:
   candidate needs three or more non-empty groups, so slices (``a[::2]``, ``x[1:2:3]``) and C++
   scopes (``std::vector``) never qualify; addresses starting ``::`` are all reserved, so the
   regex only looks at candidates that start with a hex group.
-* secrets: AWS access key ids, AWS secret keys in assignments, GitHub and Slack tokens, Slack
-  webhooks, ``Bearer`` tokens, PEM private key blocks (whole block, only when the body is
-  base64 key material), and quoted values assigned to secret-like names (``api_key``,
-  ``secret``, ``*_token``, ``password``...) that look random (letters and digits, entropy).
-  Hex digests elsewhere (git SHAs in comments, ``sha256 = "..."``) are not secrets and stay.
+* secrets: the token families maintained secret scanners know, with detect-secrets' own patterns
+  (its plugins' ``denylist``: AWS access key ids, GitHub classic tokens, GitLab tokens, Slack tokens
+  and webhooks, Stripe live keys, JWTs, npm and PyPI tokens, OpenAI keys, credentials in URLs), plus
+  ours where detect-secrets has none (GitHub fine-grained ``github_pat_`` tokens, Google API keys
+  ``AIza…``, ``sk-…`` keys anywhere, ``Bearer`` tokens, AWS secret keys in assignments) or does less
+  (PEM private keys: the whole block is redacted, only when the body is base64 key material, where
+  detect-secrets flags the ``BEGIN`` line), and quoted values assigned to secret-like names
+  (``api_key``, ``secret``, ``*_token``, ``password``...) that look random (letters and digits,
+  entropy). Hex digests elsewhere (git SHAs in comments, ``sha256 = "..."``) are not secrets and stay.
+* credentials in URLs (``scheme://user:password@host``): only the password is replaced; the rule
+  *claims* its whole match, so no other rule (the email rule would read ``password@host``) takes a
+  span that overlaps it: the scheme, the user and the host stay.
 """
 
 from __future__ import annotations
@@ -38,7 +45,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import get_args
 
-from components.params.clean import PiiKind
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.npm import NpmDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.stripe import StripeDetector
+
+from components.params.clean import PII_RULE_NAMES, PiiKind
 
 PLACEHOLDERS: dict[str, str] = {"email": "<EMAIL>", "ip_address": "<IP_ADDRESS>", "key": "<KEY>"}
 
@@ -91,6 +108,8 @@ class PiiRule:
 
     ``hints``: literal substrings one of which every match contains; when none is in the text the
     regex is not run (a cheap prefilter: most files contain no ``AKIA`` or ``PRIVATE KEY``).
+    ``claims``: the whole match, not only the replaced ``pii`` group, is this rule's: no other rule's
+    span may overlap it (a URL's ``user:password@host`` is not an email address).
     """
 
     name: str
@@ -98,6 +117,16 @@ class PiiRule:
     pattern: re.Pattern[str]
     check: Check | None = None
     hints: tuple[str, ...] = ()
+    #: The group replaced: ``None`` means the ``pii`` group when the pattern has one, else the match.
+    group: int | str | None = None
+    claims: bool = False
+
+    @property
+    def replaced(self) -> int | str:
+        """The group of a match that is replaced."""
+        if self.group is not None:
+            return self.group
+        return "pii" if "pii" in self.pattern.groupindex else 0
 
 
 @dataclass(frozen=True)
@@ -109,8 +138,37 @@ class PiiSpan:
     rule: PiiRule
 
 
+def maintained(plugin: type, index: int = 0, flags: int = 0) -> re.Pattern[str]:
+    """Pattern ``index`` of a detect-secrets plugin's ``denylist`` (the maintained regex), compiled as is
+    (``flags``: extra flags, e.g. case-insensitivity, on top of the plugin's own)."""
+    pattern = plugin.denylist[index]  # type: ignore[attr-defined]
+    return re.compile(pattern.pattern, pattern.flags | flags)
+
+
+#: Passwords of documentation and test URLs (``http://user:pass@python.org/``): not secrets.
+PLACEHOLDER_PASSWORDS = frozenset({"pass", "password", "passwd", "pwd", "secret", "xxx", "changeme", "***"})
+
+
+def _real_password(match: re.Match[str], text: str) -> bool:
+    return match.group(1).lower() not in PLACEHOLDER_PASSWORDS
+
+
+def _jwt(match: re.Match[str], text: str) -> bool:
+    """A JWT: three dot-separated base64url parts, the first decoding to a JSON header (detect-secrets'
+    own check), at least 20 characters in the payload."""
+    import base64
+    import json
+
+    header, _, rest = match.group().partition(".")
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except ValueError:
+        return False
+    return isinstance(decoded, dict) and len(rest) >= 20
+
+
 def _value(match: re.Match[str]) -> str:
-    """The part of a match that is replaced: the ``pii`` group when the pattern has one."""
+    """The part of a match that is checked and replaced: the ``pii`` group when the pattern has one."""
     return match.group("pii" if "pii" in match.re.groupindex else 0)
 
 
@@ -217,11 +275,18 @@ PII_RULES: tuple[PiiRule, ...] = (
         _private_key_body,
         hints=("PRIVATE KEY",),
     ),
+    # The password of scheme://user:password@host (group 1 of detect-secrets' BasicAuthDetector).
     PiiRule(
-        "aws_access_key_id",
+        "url_credentials",
         "key",
-        re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b"),
-        hints=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+        maintained(BasicAuthDetector),
+        _real_password,
+        hints=("://",),
+        group=1,
+        claims=True,
+    ),
+    PiiRule(
+        "aws_access_key_id", "key", maintained(AWSKeyDetector), hints=("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
     ),
     PiiRule(
         "aws_secret_key",
@@ -236,15 +301,33 @@ PII_RULES: tuple[PiiRule, ...] = (
     PiiRule(
         "github_token",
         "key",
-        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_\w{22,255})\b"),
-        hints=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        maintained(GitHubTokenDetector),
+        hints=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
     ),
-    PiiRule("slack_token", "key", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), hints=("xox",)),
+    # Fine-grained personal access tokens: detect-secrets 1.5 has no pattern for them.
     PiiRule(
-        "slack_webhook",
+        "github_fine_grained_token", "key", re.compile(r"\bgithub_pat_\w{22,255}"), hints=("github_pat_",)
+    ),
+    *(
+        PiiRule("gitlab_token", "key", pattern, hints=("gl", "GR1348941"))
+        for pattern in (maintained(GitLabTokenDetector, i) for i in range(len(GitLabTokenDetector.denylist)))
+    ),
+    PiiRule("slack_token", "key", maintained(SlackDetector, 0), hints=("xox",)),
+    PiiRule("slack_webhook", "key", maintained(SlackDetector, 1), hints=("hooks.slack.com",)),
+    PiiRule("stripe_key", "key", maintained(StripeDetector), hints=("k_live_",)),
+    PiiRule("npm_token", "key", maintained(NpmDetector), hints=("_authToken",)),
+    *(PiiRule("pypi_token", "key", maintained(PypiTokenDetector, i), hints=("pypi-",)) for i in range(2)),
+    PiiRule("openai_key", "key", maintained(OpenAIDetector), hints=("T3BlbkFJ",)),
+    # Google API keys and sk- keys (OpenAI's current and project keys...): detect-secrets has neither.
+    PiiRule(
+        "google_api_key", "key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), hints=("AIza",)
+    ),
+    PiiRule(
+        "sk_key",
         "key",
-        re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+"),
-        hints=("hooks.slack.com",),
+        re.compile(r"(?<![\w-])sk-(?:[a-z]+-)?(?P<pii>[A-Za-z0-9_-]{20,})(?![\w-])"),
+        _random_value,
+        hints=("sk-",),
     ),
     PiiRule(
         "bearer_token",
@@ -252,6 +335,10 @@ PII_RULES: tuple[PiiRule, ...] = (
         re.compile(r"\bBearer\s+(?P<pii>[A-Za-z0-9._~+/-]{16,}=*)(?![A-Za-z0-9._~+/=-])"),
         _random_value,
         hints=("Bearer",),
+    ),
+    # detect-secrets' JWT pattern is lazy (it stops before the signature: enough to flag, not to redact).
+    PiiRule(
+        "jwt", "key", re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), _jwt, hints=("eyJ",)
     ),
     PiiRule(
         "secret_assignment",  # `= "value"`, `: 'value'`, `=> "value"`; the name before it is checked
@@ -289,8 +376,9 @@ PII_RULES: tuple[PiiRule, ...] = (
 )
 
 PII_KINDS: tuple[str, ...] = get_args(PiiKind)
-RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in PII_RULES)
+RULE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(rule.name for rule in PII_RULES))
 assert {rule.kind for rule in PII_RULES} == set(PII_KINDS) == set(PLACEHOLDERS), "one placeholder per kind"
+assert RULE_NAMES == PII_RULE_NAMES, "components/params/clean.py lists the rules of this table"
 
 
 def rules_for(kinds: Iterable[str]) -> tuple[PiiRule, ...]:
@@ -300,20 +388,26 @@ def rules_for(kinds: Iterable[str]) -> tuple[PiiRule, ...]:
 
 
 def find_pii(text: str, rules: Iterable[PiiRule] = PII_RULES) -> list[PiiSpan]:
-    """Non-overlapping PII spans in ``text``, in order (earliest start first, then the longest)."""
-    candidates: list[tuple[int, int, int, PiiRule]] = []
+    """Non-overlapping PII spans in ``text``, in order (earliest start first, then the longest).
+
+    Conflicts are resolved on each candidate's *claim* (the whole match for a claiming rule, else the
+    replaced span): a candidate whose claim overlaps an earlier kept one is dropped.
+    """
+    candidates: list[tuple[int, int, int, int, int, PiiRule]] = []
     for order, rule in enumerate(rules):
         if rule.hints and not any(hint in text for hint in rule.hints):
             continue
-        group = "pii" if "pii" in rule.pattern.groupindex else 0
         for match in rule.pattern.finditer(text):
             if rule.check is None or rule.check(match, text):
-                start, end = match.span(group)
-                candidates.append((start, -end, order, rule))
+                start, end = match.span(rule.replaced)
+                claim_start, claim_end = match.span() if rule.claims else (start, end)
+                candidates.append((claim_start, -claim_end, order, start, end, rule))
     spans: list[PiiSpan] = []
-    for start, negative_end, _, rule in sorted(candidates, key=lambda c: c[:3]):
-        if not spans or start >= spans[-1].end:
-            spans.append(PiiSpan(start, -negative_end, rule))
+    claimed_to = -1
+    for claim_start, negative_claim_end, _, start, end, rule in sorted(candidates, key=lambda c: c[:3]):
+        if claim_start >= claimed_to:
+            spans.append(PiiSpan(start, end, rule))
+            claimed_to = -negative_claim_end
     return spans
 
 

@@ -10,8 +10,10 @@ from components.params.base import StrictModel
 PiiKind = Literal["email", "ip_address", "key"]
 #: The rules of that table, by name (a test checks the table has exactly these).
 PII_RULE_NAMES = (
-    "private_key", "aws_access_key_id", "aws_secret_key", "github_token", "slack_token", "slack_webhook",
-    "bearer_token", "secret_assignment", "email", "ipv4", "ipv6",
+    "private_key", "url_credentials", "aws_access_key_id", "aws_secret_key", "github_token",
+    "github_fine_grained_token", "gitlab_token", "slack_token", "slack_webhook", "stripe_key", "npm_token",
+    "pypi_token", "openai_key", "google_api_key", "sk_key", "bearer_token", "jwt", "secret_assignment",
+    "email", "ipv4", "ipv6",
 )  # fmt: skip
 
 
