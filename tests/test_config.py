@@ -38,6 +38,18 @@ def test_default_params_load() -> None:
         (lambda raw: raw["ingest"].update(max_file_bytes=-1), "ingest.max_file_bytes"),
         (lambda raw: raw["ingest"]["sources"][0].update(kind="ftp"), "ingest.sources.0"),
         (lambda raw: raw["executor"].update(workers=0), "executor.workers"),
+        # Checked at load time, not after hours of work:
+        (lambda raw: raw["executor"].update(address="localhost:8786"), "executor.address"),  # no scheme
+        (lambda raw: raw["model"].update(name="team/tiny"), "model.name"),  # the registry refuses "/"
+        (lambda raw: raw["model"].update(name="tiny:v2"), "model.name"),
+        (
+            lambda raw: raw["clean"]["decontam"].update(benchmarks=["eval_sets/missing.jsonl"]),
+            "clean.decontam.benchmarks[0]",
+        ),
+        (
+            lambda raw: raw["clean"]["decontam"].update(benchmarks=["../elsewhere.jsonl"]),
+            "clean.decontam.benchmarks[0]",
+        ),
     ],
 )
 def test_bad_params_fail_naming_file_and_key(tmp_path: Path, mutate, key: str) -> None:

@@ -170,6 +170,11 @@ def test_corruption_fails_naming_the_expectation(
     assert (tmp_path / "data_docs" / "index.html").exists(), "Data Docs are written for a failing run too"
 
 
+def test_no_document_is_a_failure_not_a_vacuous_pass(validate: Callable[..., StageReport]) -> None:
+    with pytest.raises(StageError, match="holds no document .*nothing to validate"):
+        validate([])
+
+
 @pytest.mark.parametrize("level", ["none", "repo"])
 def test_file_duplicates_are_allowed_without_file_level_dedup(
     validate: Callable[..., StageReport], level: str

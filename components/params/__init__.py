@@ -233,7 +233,26 @@ def load_params(
         set_dotted(raw, key, value)
     if overrides:
         sources.append("--set " + " ".join(f"{key}={value}" for key, value in overrides.items()))
-    return parse_params(raw, source=" + ".join(sources))
+    params = parse_params(raw, source=" + ".join(sources))
+    check_project_files(params, Path(path).resolve().parent, " + ".join(sources))
+    return params
+
+
+def check_project_files(params: Params, root: Path, source: str) -> None:
+    """Files the stages read that DVC must track exist inside the project ``root``: benchmark files (a
+    missing one would otherwise fail the clean stage, after three others). ``s3://`` paths are checked
+    by the stage that reads them."""
+    for index, path in enumerate(params.clean.decontam.benchmarks):
+        key = f"clean.decontam.benchmarks[{index}]"
+        if "://" in path:
+            continue
+        resolved = (root / path).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ParamsError(
+                f"{source}: {key}: {path} is outside the project {root} (DVC could not track it)"
+            )
+        if not resolved.is_file():
+            raise ParamsError(f"{source}: {key}: {path}: benchmark file not found")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,7 +28,8 @@ class ExecutorConfig(StrictModel):
     """How per-shard work is mapped: a local process pool, or a Dask scheduler when ``address`` is set."""
 
     workers: int = Field(2, ge=1)
-    address: str | None = None
+    #: A Dask scheduler URL: ``tcp://host:8786`` (also ``tls://``, ``ucx://``, ``inproc://``, ``ws://``).
+    address: str | None = Field(None, pattern=r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+$")
     #: Scratch space of multi-step stages (dedup's per-shard MinHash features): a path every worker can
     #: read (shared filesystem or ``s3://``). ``null``: a local temporary directory (the local pool, or a
     #: Dask cluster on this machine).

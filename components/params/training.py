@@ -14,8 +14,8 @@ from components.params.base import StrictModel
 class ModelConfig(StrictModel):
     """A decoder-only transformer built from scratch (no weights are downloaded)."""
 
-    #: Registered in MLflow as ``codemill-<name>``.
-    name: str = "tiny"
+    #: Registered in MLflow as ``codemill-<name>`` (the registry refuses ``/``, ``:`` and path tricks).
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
     #: ``llama``: SwiGLU + RoPE + grouped-query attention; ``gpt2``: learned positions, GELU MLP.
     arch: Literal["llama", "gpt2"] = "llama"
     hidden: int = Field(192, ge=8)

@@ -57,6 +57,11 @@ def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     source = io.input("documents")
     output = io.require_output("validate")
     frame, shards = load_documents(source, job, context)
+    if frame.empty:  # every expectation holds vacuously on nothing: that is not a pass
+        raise StageError(
+            f"validate: {source} holds no document ({shards} empty shard(s)); nothing to validate. "
+            "The earlier stages dropped everything: see their reports and `codemill inspect STAGE`."
+        )
     suite = build_suite(job)
     gx_context = gx_project.open_context(Path.cwd())
     result = gx_project.validate(gx_context, suite, frame, job.validate_.samples)
