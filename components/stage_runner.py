@@ -170,7 +170,8 @@ def stage_params(params: Params, name: str) -> dict[str, Any]:
     config = params.stage_config(name)
     dumped = config.model_dump(mode="json", by_alias=True)
     shared = params.context().model_dump(mode="json", include={"project", "data", "executor"})
-    own = {name: dumped} if config is params.section(name) else dumped
+    section = next((alias for alias in Params.model_fields if getattr(params, alias) is config), None)
+    own = {section.rstrip("_"): dumped} if section else dumped
     return flatten({**shared, **own})
 
 

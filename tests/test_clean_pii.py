@@ -52,7 +52,7 @@ REDACTED = [
     # A JWT anywhere, not only after Bearer; sk- keys whatever the name they are assigned to.
     (
         "jwt",
-        "cookie = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U'",
+        "cookie = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N'",
         "cookie = '<KEY>'",
     ),
     (

@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import mlflow
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -59,6 +60,7 @@ def test_repro_runs_every_data_stage_then_nothing(project: tuple[Path, dict[str,
     assert _ran(first) == DATA_STAGES
     second = run_checked(["dvc", "repro", "validate"], root, env)
     assert _ran(second) == []
+    assert "Running stage 'sources'" in second  # the fingerprint runs every time, and changed nothing
     status = run_checked(["dvc", "status", "validate"], root, env)
     assert "up to date" in status
 
@@ -82,7 +84,7 @@ def test_stage_runs_nest_under_a_parent_and_carry_the_dvc_lock_md5(
     siblings = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert {r.data.tags["codemill.stage"] for r in siblings} == set(DATA_STAGES)
+    assert {r.data.tags["codemill.stage"] for r in siblings} == {"sources", *DATA_STAGES}
     lock_md5 = lock["stages"]["dedup"]["outs"][0]["md5"]
     assert run.data.tags["dvc.md5.data/dedup"] == lock_md5
     assert run.data.params["dedup.level"] == "file"
@@ -120,3 +122,24 @@ def test_rerun_from_scratch_is_byte_identical(project: tuple[Path, dict[str, str
     assert len(before) >= 4
     run_checked(["dvc", "repro", "--force", "--no-run-cache", "validate"], root, env)
     assert _hashes(root) == before
+
+
+def test_an_edited_and_an_added_source_file_rerun_ingest(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    run_checked(["dvc", "repro", "ingest"], root, env)
+    edited = root / "corpus" / "fork_a" / "shlex.py"
+    edited.write_text(edited.read_text(encoding="utf-8") + "\nEDITED_MARKER = 1\n", encoding="utf-8")
+    added = root / "corpus" / "fork_a" / "added_module.py"
+    added.write_text("def added():\n    return 'ADDED_MARKER'\n" * 6, encoding="utf-8")
+    changed = run_checked(["dvc", "repro", "ingest"], root, env)
+    assert "Running stage 'ingest'" in changed
+    rows = [
+        row
+        for path in sorted((root / "data/ingest").glob("*.parquet"))
+        for row in pq.read_table(path).to_pylist()
+    ]
+    by_path = {(row["repo"], row["path"]): row["content"] for row in rows}
+    assert "EDITED_MARKER" in by_path[("forks/fork_a", "shlex.py")]
+    assert "ADDED_MARKER" in by_path[("forks/fork_a", "added_module.py")]
+    again = run_checked(["dvc", "repro", "ingest"], root, env)
+    assert "Running stage 'ingest'" not in again, "an unchanged corpus leaves ingest cached"

@@ -171,7 +171,7 @@ def test_corruption_fails_naming_the_expectation(
 
 
 def test_no_document_is_a_failure_not_a_vacuous_pass(validate: Callable[..., StageReport]) -> None:
-    with pytest.raises(StageError, match="holds no document .*nothing to validate"):
+    with pytest.raises(StageError, match=r"holds no document .*nothing to validate"):
         validate([])
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import StageError
-from components.ingest.languages import language_table
 from components.ingest.readers import FileRules, read_task
 from components.ingest.sources import plan_source
 from components.params import StageContext
@@ -96,11 +95,7 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
     from components.executor import map_shards
 
     output = io.require_output("ingest")
-    rules = FileRules(
-        max_file_bytes=config.max_file_bytes,
-        language_table=language_table(config.extensions),
-        languages=frozenset(config.languages) if config.languages is not None else None,
-    )
+    rules = FileRules.of(config)
     counts = [SourceCounts(source=source.describe()) for source in config.sources]
     tasks = []
     for index, source in enumerate(config.sources):

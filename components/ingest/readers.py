@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import StageError
-from components.ingest.languages import language_of, normalize_language
+from components.ingest.languages import language_of, language_table, normalize_language
+from components.params.ingest import IngestConfig
 from components.shards import filesystem, make_document
 from components.stage_runner import Exclusions
 
@@ -61,6 +62,15 @@ class FileRules:
     language_table: Mapping[str, str]
     #: Languages kept; ``None`` keeps every known language.
     languages: frozenset[str] | None
+
+    @classmethod
+    def of(cls, config: IngestConfig) -> FileRules:
+        """The rules of ``ingest:`` params."""
+        return cls(
+            max_file_bytes=config.max_file_bytes,
+            language_table=language_table(config.extensions),
+            languages=frozenset(config.languages) if config.languages is not None else None,
+        )
 
     def language(self, path: str, declared: str | None = None) -> tuple[str | None, str | None]:
         """``(language, None)`` for a kept file, else ``(None, skip reason)``.

@@ -118,6 +118,7 @@ def _fim(params: Params) -> FimRates:
 #: How each stage's config is assembled from :class:`Params` (the only place that knows what a stage
 #: borrows from other sections; ``dvc.yaml`` lists the same keys as the stage's ``params``).
 STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
+    "sources": lambda p: p.ingest,
     "ingest": lambda p: p.ingest,
     "curate": lambda p: p.curate,
     "dedup": lambda p: p.dedup,
