@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -81,8 +82,8 @@ MAX_FILE_BYTES = 64 * 2**20
 TMPFS_SIZE = "128m"
 MAX_MESSAGE = 500
 ISOLATION_LEVELS = ("namespaces", "seccomp", "none")
-#: Kinds a program process may report (the sandbox adds ``timeout``).
-PROGRAM_KINDS = ("passed", "failed", "error", "memory", "syntax")
+#: Kinds a program process may report (``timeout``: a step of a compiled language ran out of time).
+PROGRAM_KINDS = ("passed", "failed", "error", "memory", "syntax", "timeout")
 #: Imported once by the server, so programs find them loaded (HumanEval's prompts and tests use these).
 PRELOADED_MODULES = (
     "bisect", "collections", "copy", "functools", "hashlib", "heapq", "itertools", "math", "random", "re",
@@ -90,6 +91,10 @@ PRELOADED_MODULES = (
 )  # fmt: skip
 #: The program process keeps only this descriptor (its report pipe) besides 0, 1 and 2.
 REPORT_FD = 3
+#: CPU seconds a compiled-language step may use per wall-clock second of its limit (threads).
+STEP_CPU_FACTOR = 2
+#: Bytes of a step's stderr read to classify its failure.
+STEP_OUTPUT_BYTES = 16384
 FRAME_HEADER = struct.Struct(">I")
 #: System directories bound read-only into the program's root (those that exist; symlinks are copied).
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -236,7 +241,7 @@ def _build_root(binds: list[str]) -> None:
             continue  # already visible (under /usr), or absent
         os.makedirs(ROOT + path, mode=0o755)
         _bind_read_only(path, ROOT + path)
-    os.makedirs(ROOT + "/etc")
+    os.makedirs(ROOT + "/etc", exist_ok=True)  # a bind may have made it (/etc/java-17-openjdk)
     for name, text in (
         ("hosts", "127.0.0.1 localhost\n"),
         ("passwd", SANDBOX_PASSWD),
@@ -421,14 +426,15 @@ def _isolate(request: dict, parent_pid: int) -> None:
     os.environ.clear()
     os.environ.update({**request["env"], "HOME": home, "TMPDIR": tmp})
     sys.argv = [request["main"]]
-    _set_limits(float(request["timeout_s"]), own_processes=bool(uid))
+    # Compilers and VMs run several threads: their CPU time may exceed the wall-clock limit.
+    cpu_factor = STEP_CPU_FACTOR if request.get("steps") else 1
+    _set_limits(float(request["timeout_s"]) * cpu_factor, own_processes=bool(uid))
     if request["isolation"] == "seccomp":
         _seccomp_no_inet()
     _drop_privileges(uid, keep_read_search=request["isolation"] != "namespaces")
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")  # a uid change clears it
     memory_bytes = int(request["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    _guard()
 
 
 def _run_program(request: dict, report_fd: int, parent_pid: int) -> None:
@@ -450,6 +456,13 @@ def _run_program(request: dict, report_fd: int, parent_pid: int) -> None:
         write(REPORT_FD, secret + f" {kind}\n{message[:MAX_MESSAGE]}".encode("utf-8", "replace"))
         exit_now(0)
 
+    if request.get("steps"):
+        del source
+        try:
+            report(*_run_steps(request))
+        except BaseException as exc:
+            report("error", f"sandbox harness: {type(exc).__name__}: {exc}")
+    _guard()
     try:
         code = compile(source, request["main"], "exec")
     except (SyntaxError, ValueError) as exc:
@@ -471,6 +484,98 @@ def _run_program(request: dict, report_fd: int, parent_pid: int) -> None:
         except BaseException:
             message = type(exc).__name__
     report(kind, message)
+
+
+def _exec_step(argv: list[str], env: dict[str, str], output_fd: int, cpu_s: int) -> None:
+    """Body of a step's child: its own process group, stderr to ``output_fd``, then ``argv``."""
+    try:
+        os.setpgid(0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")
+        os.dup2(output_fd, 2)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        resource.setrlimit(resource.RLIMIT_CPU, (min(cpu_s, hard), min(cpu_s + 1, hard)))
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:
+        os.write(2, f"cannot run {argv[0]}: {exc}".encode("utf-8", "replace"))
+    os._exit(127)
+
+
+def _wait_step(pid: int, timeout_s: float) -> tuple[int, bool]:
+    """Wait for a step's process at most ``timeout_s``; (wait status, timed out). Kills it on time-out."""
+    pidfd = os.pidfd_open(pid)
+    timed_out = not select.select([pidfd], [], [], timeout_s)[0]
+    os.close(pidfd)
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1], timed_out
+
+
+def _output_head(fd: int) -> str:
+    """The start of what a step wrote to stderr (where compilers and runtimes put the first error)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, STEP_OUTPUT_BYTES).decode("utf-8", "replace")
+
+
+def _step_verdict(phase: str, status: int, output: str, request: dict) -> tuple[str, str] | None:
+    """The verdict a finished step gives, or None when it succeeded and the next step runs.
+
+    A compile step that fails: ``syntax``. A run step: ``passed`` at exit status 0 (MultiPL-E's rule);
+    otherwise, by what it wrote to stderr: ``syntax`` when that matches ``syntax_pattern`` (an interpreter
+    that could not parse the program), ``memory`` for ``memory_pattern``, ``failed`` for
+    ``failed_pattern`` (a failed assertion, or any non-zero exit when that pattern is null and
+    ``crash_pattern`` does not match), else ``error`` (a crash).
+    """
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return ("passed", "") if phase == "run" else None
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number == signal.SIGXCPU:
+            return "timeout", f"{phase}: CPU time limit exceeded"
+        how = f"killed by {signal.Signals(number).name}"
+    else:
+        how = f"exit status {os.WEXITSTATUS(status)}"
+    message = f"{phase}: {how}: {output.strip()}"
+    if phase != "run":
+        return "syntax", message
+    syntax, memory = request.get("syntax_pattern"), request.get("memory_pattern")
+    failed, crash = request.get("failed_pattern"), request.get("crash_pattern")
+    if syntax and re.search(syntax, output, re.MULTILINE):
+        return "syntax", message
+    if memory and re.search(memory, output):
+        return "memory", message
+    if crash and re.search(crash, output):
+        return "error", message
+    if failed is None or re.search(failed, output):
+        return "failed", message
+    return "error", message
+
+
+def _run_steps(request: dict) -> tuple[str, str]:
+    """Run the request's steps (``[{"phase", "argv", "timeout_s"}]``, e.g. compile then run) one after
+    the other, each in a child process with its own time limit; the verdict of the first that decides.
+
+    This harness stays outside the programs: they are other processes (exec'd), and it is undumpable,
+    so they can neither read its secret nor write its report.
+    """
+    _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
+    env = dict(os.environ)
+    for step in request["steps"]:
+        output_fd = os.open(os.environ["TMPDIR"], os.O_TMPFILE | os.O_RDWR, 0o600)
+        timeout_s = float(step["timeout_s"])
+        pid = os.fork()
+        if pid == 0:
+            _exec_step(list(step["argv"]), env, output_fd, math.ceil(timeout_s * STEP_CPU_FACTOR) + 1)
+        status, timed_out = _wait_step(pid, timeout_s)
+        output = _output_head(output_fd)
+        os.close(output_fd)
+        if timed_out:
+            return "timeout", f"{step['phase']} exceeded {timeout_s:g} s"
+        verdict = _step_verdict(step["phase"], status, output, request)
+        if verdict is not None:
+            return verdict
+    return "error", "no run step"
 
 
 # ------------------------------------------------------------------------------------ the server side
@@ -604,6 +709,8 @@ def serve(requested: str, binds: list[str]) -> int:
         return 1
     # Programs' directories where there is no mount namespace (removed after each program).
     home = "" if level == "namespaces" else tempfile.mkdtemp(prefix="codemill-sandbox-")
+    if home:  # programs' tools (exec'd: no capability) must traverse it to their own directory
+        os.chmod(home, 0o711)
     write_frame(response_fd, {"isolation": level, "detail": problems})
     for name in PRELOADED_MODULES:
         __import__(name)
