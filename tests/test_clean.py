@@ -73,14 +73,19 @@ def corpus(tmp_path: Path, humaneval: dict) -> Path:
         "task_id": "Mine/1",
         "prompt": "def rotate_ledger(entries, shift):\n",
         "canonical_solution": "    shift %= len(entries)\n    return entries[-shift:] + entries[:-shift]\n",
+        "test": "def check(f):\n    assert f([1, 2], 1) == [2, 1]\n",
+        "entry_point": "rotate_ledger",
     }
     benchmark.write_text(json.dumps(problem) + "\n", encoding="utf-8")
     return tmp_path
 
 
 def _params(corpus: Path, workers: int = 1, **clean: object):
-    clean = {"decontam": {"benchmarks": [str(corpus / "mine.jsonl")]}, **clean}
-    return make_params(clean=clean, executor={"workers": workers})
+    benchmarks = [
+        {"name": "humaneval", "builtin": "humaneval"},
+        {"name": "mine", "file": str(corpus / "mine.jsonl")},
+    ]
+    return make_params(clean=clean, evaluate={"benchmarks": benchmarks}, executor={"workers": workers})
 
 
 def _documents(directory: Path) -> dict[str, dict]:
@@ -158,11 +163,16 @@ def test_cli_reports_a_malformed_benchmark_file_by_file_and_line(
     corpus: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = corpus / "bad.jsonl"
-    bad.write_text(
-        '{"task_id": "x/0", "prompt": "def f():\\n"}\n{"task_id": "x/1", "prompt": \n', encoding="utf-8"
-    )
+    good = {
+        "task_id": "x/0",
+        "prompt": "def f():\n",
+        "canonical_solution": "    pass\n",
+        "test": "",
+        "entry_point": "f",
+    }
+    bad.write_text(json.dumps(good) + '\n{"task_id": "x/1", "prompt": \n', encoding="utf-8")
     params_file = corpus / "params.yaml"  # unset sections take their defaults
-    params_file.write_text(yaml.safe_dump({"clean": {"decontam": {"benchmarks": [str(bad)]}}}))
+    params_file.write_text(yaml.safe_dump({"evaluate": {"benchmarks": [{"name": "bad", "file": str(bad)}]}}))
     argv = ["--params", str(params_file), "--input", str(corpus / "dedup"), "--output", str(corpus / "clean")]
     code = stage_main(STAGE, [*argv, "--report", str(corpus / "clean.json")])
     assert code == 2

@@ -16,13 +16,18 @@ from components.clean.decontam import (
     benchmark_index,
     is_boilerplate,
     load_benchmarks,
-    read_benchmark,
     words,
 )
 from components.errors import StageError
 from components.params.clean import DecontamConfig
+from components.params.evaluate import BenchmarkSpec, default_benchmarks
 
-HUMANEVAL_ONLY = DecontamConfig()
+DEFAULTS = DecontamConfig()
+HUMANEVAL = BenchmarkSpec(name="humaneval", builtin="humaneval")
+
+
+def index_of(*specs: BenchmarkSpec) -> BenchmarkIndex:
+    return benchmark_index(DEFAULTS, specs)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +38,15 @@ def humaneval() -> dict:
 
 
 def test_humaneval_is_read_offline_from_the_package() -> None:
-    problems = load_benchmarks(HUMANEVAL_ONLY)
+    problems = load_benchmarks([HUMANEVAL])
     assert len(problems) == 164
     assert problems[0].benchmark == "humaneval" and problems[0].task_id == "HumanEval/0"
+
+
+def test_the_default_benchmarks_check_humaneval_once() -> None:
+    # The infilling sets are HumanEval's text: decontamination checks HumanEval's 164 problems, once each.
+    problems = load_benchmarks(default_benchmarks())
+    assert len(problems) == 164 and {problem.benchmark for problem in problems} == {"humaneval"}
 
 
 def test_file_with_a_humaneval_prompt_is_found_by_exact_substring(humaneval: dict) -> None:
@@ -44,13 +55,13 @@ def test_file_with_a_humaneval_prompt_is_found_by_exact_substring(humaneval: dic
     text = (
         "class Helpers:\n" + "".join(f"    {line}\n" for line in prompt.splitlines()) + "        return 1\n"
     )
-    found = benchmark_index(HUMANEVAL_ONLY).first_contamination(text)
+    found = index_of(HUMANEVAL).first_contamination(text)
     assert found == Contamination("humaneval", "HumanEval/0", EXACT_SUBSTRING)
 
 
 def test_canonical_solution_alone_is_found(humaneval: dict) -> None:
     text = "def mine(numbers, threshold):\n" + humaneval["HumanEval/0"]["canonical_solution"]
-    found = benchmark_index(HUMANEVAL_ONLY).first_contamination(text)
+    found = index_of(HUMANEVAL).first_contamination(text)
     assert found == Contamination("humaneval", "HumanEval/0", EXACT_SUBSTRING)
 
 
@@ -64,13 +75,13 @@ PARAPHRASE_13 = (
 
 
 def test_paraphrase_sharing_one_13_gram_is_found_by_ngram_overlap() -> None:
-    found = benchmark_index(HUMANEVAL_ONLY).first_contamination(PARAPHRASE_13)
+    found = index_of(HUMANEVAL).first_contamination(PARAPHRASE_13)
     assert found == Contamination("humaneval", "HumanEval/0", NGRAM_OVERLAP)
 
 
 def test_sharing_only_12_words_is_not_overlap() -> None:
     text = PARAPHRASE_13.replace("to each...", "to one another")  # without "each": 12 words in a row
-    assert benchmark_index(HUMANEVAL_ONLY).first_contamination(text) is None
+    assert index_of(HUMANEVAL).first_contamination(text) is None
 
 
 ORDINARY_CODE = '''\
@@ -103,7 +114,7 @@ def test_ordinary_code_is_kept_even_with_boilerplate_shared_with_humaneval(human
     solution_words = words(humaneval["HumanEval/40"]["canonical_solution"])
     assert is_boilerplate(solution_words) and len(solution_words) >= 13
     assert " ".join(solution_words[:13]) in " ".join(words(ORDINARY_CODE))
-    assert benchmark_index(HUMANEVAL_ONLY).contaminations(ORDINARY_CODE) == []
+    assert index_of(HUMANEVAL).contaminations(ORDINARY_CODE) == []
 
 
 def _write_jsonl(path: Path, records: list[object]) -> Path:
@@ -119,14 +130,15 @@ USER_PROBLEM = {
     "task_id": "Mine/7",
     "prompt": 'def rotate_ledger(entries, shift):\n    """Rotate the ledger entries by shift places."""\n',
     "canonical_solution": "    shift %= len(entries)\n    return entries[-shift:] + entries[:-shift]\n",
+    "test": "def check(f):\n    assert f([1, 2, 3], 1) == [3, 1, 2]\n",
+    "entry_point": "rotate_ledger",
 }
 
 
 @pytest.mark.parametrize("name", ["mine.jsonl", "mine.jsonl.gz"])
 def test_user_benchmark_file_problems_are_found(tmp_path: Path, name: str) -> None:
     path = _write_jsonl(tmp_path / name, [USER_PROBLEM])
-    config = DecontamConfig(include_humaneval=False, benchmarks=[str(path)])
-    index = BenchmarkIndex(load_benchmarks(config), config.ngram, config.min_chars)
+    index = BenchmarkIndex(load_benchmarks([BenchmarkSpec(name="mine", file=str(path))]), 13, 50)
     copied = "import math\n\n" + USER_PROBLEM["prompt"] + USER_PROBLEM["canonical_solution"]
     assert index.first_contamination(copied) == Contamination("mine", "Mine/7", EXACT_SUBSTRING)
     assert index.first_contamination(ORDINARY_CODE) is None
@@ -134,7 +146,7 @@ def test_user_benchmark_file_problems_are_found(tmp_path: Path, name: str) -> No
 
 def test_contaminations_lists_every_problem_found(tmp_path: Path, humaneval: dict) -> None:
     path = _write_jsonl(tmp_path / "mine.jsonl", [USER_PROBLEM])
-    index = benchmark_index(DecontamConfig(benchmarks=[str(path)]))
+    index = index_of(HUMANEVAL, BenchmarkSpec(name="mine", file=str(path)))
     text = PARAPHRASE_13 + humaneval["HumanEval/2"]["prompt"] + USER_PROBLEM["canonical_solution"]
     assert index.contaminations(text) == [
         Contamination("humaneval", "HumanEval/0", NGRAM_OVERLAP),
@@ -143,28 +155,7 @@ def test_contaminations_lists_every_problem_found(tmp_path: Path, humaneval: dic
     ]
 
 
-@pytest.mark.parametrize(
-    ("lines", "message"),
-    [
-        (['{"task_id": "a", "prompt": "p"}', "{not json"], ":2: invalid JSON"),
-        (['{"task_id": "a", "prompt": "p"}', "", '["a", "b"]'], ":3: expected a JSON object"),
-        (['{"task_id": "a"}'], ":1: missing 'prompt'"),
-        (
-            ['{"task_id": "a", "prompt": "p", "canonical_solution": 3}'],
-            ":1: 'canonical_solution' must be a string",
-        ),
-        ([""], ": benchmark file holds no problems"),
-    ],
-)
-def test_malformed_benchmark_file_names_file_and_line(tmp_path: Path, lines: list[str], message: str) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(StageError) as error:
-        read_benchmark(str(path))
-    assert str(error.value).startswith(f"{path}{message}")
-
-
 def test_missing_benchmark_file_is_a_stage_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(StageError, match=f"{missing}: benchmark file not found"):
-        load_benchmarks(DecontamConfig(benchmarks=[str(missing)]))
+        load_benchmarks([BenchmarkSpec(name="nope", file=str(missing))])

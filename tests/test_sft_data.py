@@ -10,9 +10,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from components.clean.decontam import humaneval_file, read_benchmark
+from components.benchmarks import humaneval_file, read_problems
 from components.errors import StageError
 from components.params.clean import DecontamConfig
+from components.params.evaluate import default_benchmarks
 from components.params.sft import MinedConfig, SftConfig, SftStageConfig
 from components.sft import StagedBatches, StagedSchedule, stage_steps
 from components.sft.data import (
@@ -169,11 +170,11 @@ def _function(name: str) -> str:
 
 
 def test_mined_pairs_come_only_from_training_repos_and_skip_humaneval(tmp_path: Path) -> None:
-    humaneval = read_benchmark(humaneval_file())[0]
+    humaneval = read_problems(humaneval_file())[0]
     docs = [
         _document("org/train", "a.py", _function("train_only")),
         _document("org/train", "b.py", _function("train_only")),  # the same pair again
-        _document("org/train", "he.py", humaneval.prompt + humaneval.solution),
+        _document("org/train", "he.py", humaneval.prompt + (humaneval.gold or "")),
         _document("org/train", "c.js", _function("not_python"), lang="javascript"),
         _document("org/train", "d.py", _function("second_train")),
         _document("org/val", "a.py", _function("validation_doc")),
@@ -189,7 +190,9 @@ def test_mined_pairs_come_only_from_training_repos_and_skip_humaneval(tmp_path: 
     train_ids = [doc["id"] for doc in docs if doc["repo"] == "org/train"] + [docs[6]["id"]]
     _write_split_ids(tmp_path / "tokenize", train_ids, [docs[5]["id"]])
 
-    pairs, drops = mine_pairs(str(clean_dir), str(tmp_path / "tokenize"), MinedConfig(), DecontamConfig())
+    pairs, drops = mine_pairs(
+        str(clean_dir), str(tmp_path / "tokenize"), MinedConfig(), DecontamConfig(), default_benchmarks()
+    )
     assert sorted(pair.instruction.split("```python\n")[1].split("(")[0] for pair in pairs) == [
         "def second_train",
         "def train_only",
@@ -205,6 +208,7 @@ def test_mined_pairs_come_only_from_training_repos_and_skip_humaneval(tmp_path: 
         str(tmp_path / "tokenize"),
         MinedConfig(max_pairs=1, min_body_lines=1),
         DecontamConfig(),
+        default_benchmarks(),
     )
     assert capped == pairs[:1] and capped_drops["over_max_pairs"] == 1
 

@@ -190,7 +190,7 @@ def test_file_duplicates_are_allowed_without_file_level_dedup(
 def test_pii_and_decontamination_checks_follow_clean_params(validate: Callable[..., StageReport]) -> None:
     rows, _ = _humaneval_copy(good_rows())
     rows[5] = document("acme/tools", "tools/mod_5.py", 'MAINTAINER = "alice.smith@corp.com"\n')
-    off = {"pii": {"enabled": False, "kinds": ["email"]}, "decontam": {"include_humaneval": False}}
+    off = {"pii": {"enabled": False, "kinds": ["email"]}, "decontam": {"enabled": False}}
     report = validate(rows, clean=off)
     assert report.metrics["success"] == 1.0
     assert report.metrics["expectations_evaluated"] == 9 * 2 + 7 + 3

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from components.clean import decontam, pii
 from components.params import StageContext
-from components.params.clean import CleanConfig
+from components.params.clean import CleanJob
 from components.report import ShardResult, StageReport
 from components.shards import content_sha256, list_shards, read_shard, table_bytes, write_shard
 from components.stage_runner import (
@@ -45,7 +45,7 @@ class ShardTask:
     source: str
     target: str
     excluded: str
-    config: CleanConfig
+    job: CleanJob
 
 
 def output_schema(schema: pa.Schema) -> pa.Schema:
@@ -62,8 +62,11 @@ def clean_shard(task: ShardTask) -> ShardResult:
     table = read_shard(task.source)
     result = ShardResult(files_in=table.num_rows, bytes_in=table_bytes(table))
     excluded = Exclusions()
-    index = decontam.benchmark_index(task.config.decontam) if _decontam_enabled(task.config) else None
-    rules = pii.rules_for(task.config.pii.kinds) if task.config.pii.enabled else ()
+    config = task.job.clean
+    index = None
+    if _decontam_enabled(task.job):
+        index = decontam.benchmark_index(config.decontam, task.job.benchmarks)
+    rules = pii.rules_for(config.pii.kinds) if config.pii.enabled else ()
     keep, contents, counts = [], [], []
     for row, content in enumerate(table["content"].to_pylist()):
         found = index.first_contamination(content) if index is not None else None
@@ -98,22 +101,23 @@ def _cleaned_table(kept: pa.Table, contents: list[str], counts: list[int]) -> pa
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _decontam_enabled(config: CleanConfig) -> bool:
-    return config.decontam.include_humaneval or bool(config.decontam.benchmarks)
+def _decontam_enabled(job: CleanJob) -> bool:
+    return job.clean.decontam.enabled and bool(job.benchmarks)
 
 
-def run(config: CleanConfig, context: StageContext, io: StageIO) -> StageReport:
-    """Drop files containing benchmark problems (HumanEval + listed files); redact emails, IPs and keys."""
+def run(job: CleanJob, context: StageContext, io: StageIO) -> StageReport:
+    """Drop files containing a problem of ``evaluate.benchmarks``; redact emails, IPs and keys."""
+    config = job.clean
     report = StageReport(stage="clean")
     report.merge_drops(dict.fromkeys(decontam.DROP_REASONS, 0))
-    if _decontam_enabled(config):
-        index = decontam.benchmark_index(config.decontam)  # here first: a bad benchmark file fails early
+    if _decontam_enabled(job):
+        index = decontam.benchmark_index(config.decontam, job.benchmarks)  # a bad file fails here, early
         report.details["benchmarks"] = dict(Counter(problem.benchmark for problem in index.problems))
         report.details["benchmark_strings"] = len(index.needles)
         report.details["benchmark_ngrams"] = len(index.ngrams)
     sources = list_shards(io.input("documents"))
     with shard_outputs(io.require_output("clean")) as out:
-        tasks = [ShardTask(source, out.shard(source), out.exclusions(source), config) for source in sources]
+        tasks = [ShardTask(source, out.shard(source), out.exclusions(source), job) for source in sources]
         results = run_shards(clean_shard, tasks, context, report)
     counters = summed_counters(results)
     rule_counts = Counter({name: int(counters[f"pii.rule.{name}"]) for name in pii.RULE_NAMES})

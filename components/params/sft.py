@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from components.params.base import StrictModel
 from components.params.clean import DecontamConfig
+from components.params.evaluate import BenchmarkSpec, default_benchmarks
 from components.params.training import TrainingJob
 
 
@@ -73,3 +74,4 @@ class SftJob(TrainingJob):
     stage: Literal["sft"] = "sft"
     sft: SftConfig = SftConfig()
     decontam: DecontamConfig = DecontamConfig()
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from components.params.base import StrictModel
 from components.params.clean import PII_RULE_NAMES, CleanConfig
 from components.params.dedup import DedupLevel
+from components.params.evaluate import BenchmarkSpec, default_benchmarks
 
 
 class ValidateConfig(StrictModel):
@@ -54,5 +55,7 @@ class ValidateJob(StrictModel):
     #: ``dedup.level``.
     dedup_level: DedupLevel = "file"
     clean: CleanConfig = CleanConfig()
+    #: ``evaluate.benchmarks`` (the contamination check covers each).
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)

@@ -89,7 +89,9 @@ def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, li
             if not cfg.mined.enabled:
                 raise StageError(f"sft stage {stage.name!r} lists no data and sft.mined.enabled is false")
             if mined is None:
-                pairs, drops = mine_pairs(io.input("documents"), io.input("tokens"), cfg.mined, job.decontam)
+                pairs, drops = mine_pairs(
+                    io.input("documents"), io.input("tokens"), cfg.mined, job.decontam, job.benchmarks
+                )
                 mined = [pair_messages(pair.instruction, pair.response) for pair in pairs]
                 details["mined_pairs"], details["mined_drops"] = len(pairs), dict(sorted(drops.items()))
             conversations = mined

@@ -17,12 +17,14 @@ import ast
 import json
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.clean.decontam import benchmark_index
 from components.errors import StageError
 from components.params.clean import DecontamConfig
+from components.params.evaluate import BenchmarkSpec
 from components.params.sft import MinedConfig
 from components.shards import iter_tables
 from components.tokens.packing import split_paths, unit_hash
@@ -90,14 +92,18 @@ def split_ids(data_dir: str, split: str) -> list[str]:
 
 
 def mine_pairs(
-    clean_dir: str, data_dir: str, config: MinedConfig, decontam: DecontamConfig
+    clean_dir: str,
+    data_dir: str,
+    config: MinedConfig,
+    decontam: DecontamConfig,
+    benchmarks: Sequence[BenchmarkSpec],
 ) -> tuple[list[MinedPair], Counter]:
     """The mined pairs (see the module docstring) and the count of what was dropped, by reason."""
     train_ids, val_ids = set(split_ids(data_dir, "train")), set(split_ids(data_dir, "val"))
     columns = ["id", "repo", "lang", "content"]
     documents = [row for table in iter_tables(clean_dir, columns=columns) for row in table.to_pylist()]
     val_repos = {row["repo"] for row in documents if row["id"] in val_ids}
-    index = benchmark_index(decontam)
+    index = benchmark_index(decontam, benchmarks)
     drops: Counter = Counter()
     pairs: dict[tuple[str, str], MinedPair] = {}
     for row in sorted(documents, key=lambda row: row["id"]):

@@ -32,7 +32,8 @@ from components.validate.signals import ShardTask, checks_benchmarks, content_by
 def load_documents(directory: str, job: ValidateJob, context: StageContext) -> tuple[pd.DataFrame, int]:
     """All shards of ``directory`` as one frame with the derived columns; also the number of shards."""
     decontam = job.clean.decontam if checks_benchmarks(job) else None
-    tasks = [ShardTask(path, pii_rules(job), decontam) for path in list_shards(directory)]
+    benchmarks = tuple(job.benchmarks)
+    tasks = [ShardTask(path, pii_rules(job), decontam, benchmarks) for path in list_shards(directory)]
     frames = map_shards(load_shard, tasks, context.executor)
     return pd.concat(frames), len(tasks)
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 from components.clean.decontam import benchmark_index
 from components.clean.pii import PII_RULES, PiiRule, find_pii
 from components.params.clean import DecontamConfig
+from components.params.evaluate import BenchmarkSpec
 from components.params.validate import ValidateJob
 from components.shards import BASE_SCHEMA, read_shard
 
@@ -42,6 +43,7 @@ class ShardTask:
     path: str
     pii_rules: tuple[str, ...]
     decontam: DecontamConfig | None
+    benchmarks: tuple[BenchmarkSpec, ...] = ()
 
 
 def pii_rules(job: ValidateJob) -> tuple[str, ...]:
@@ -53,8 +55,8 @@ def pii_rules(job: ValidateJob) -> tuple[str, ...]:
 
 
 def checks_benchmarks(job: ValidateJob) -> bool:
-    """Whether clean decontaminates against any benchmark (HumanEval or extra files)."""
-    return job.clean.decontam.include_humaneval or bool(job.clean.decontam.benchmarks)
+    """Whether clean decontaminates against any benchmark (of ``evaluate.benchmarks``)."""
+    return job.clean.decontam.enabled and bool(job.benchmarks)
 
 
 def _shorten(text: str) -> str:
@@ -71,9 +73,11 @@ def residual_pii(text: object, rules: Sequence[PiiRule]) -> str:
     )
 
 
-def benchmark_overlap(contents: Sequence[object], decontam: DecontamConfig) -> list[int]:
+def benchmark_overlap(
+    contents: Sequence[object], decontam: DecontamConfig, benchmarks: Sequence[BenchmarkSpec]
+) -> list[int]:
     """Per document, the number of benchmark problems clean's decontamination finds in it."""
-    index = benchmark_index(decontam)
+    index = benchmark_index(decontam, benchmarks)
     return [len(index.contaminations(text)) if isinstance(text, str) else 0 for text in contents]
 
 
@@ -101,7 +105,8 @@ def load_shard(task: ShardTask) -> pd.DataFrame:
             rules = [rule for rule in PII_RULES if rule.name in task.pii_rules]
             frame[RESIDUAL_PII] = [residual_pii(text, rules) for text in frame["content"]]
         if task.decontam is not None:
-            frame[BENCHMARK_OVERLAP] = pd.array(benchmark_overlap(frame["content"], task.decontam), "Int64")
+            overlap = benchmark_overlap(frame["content"], task.decontam, task.benchmarks)
+            frame[BENCHMARK_OVERLAP] = pd.array(overlap, "Int64")
     return frame
 
 
