@@ -45,6 +45,7 @@ Task = TypeVar("Task")
 #: model (``training.json``), a directory, or a file.
 InputKind = Literal["shards", "tokens", "model", "dir", "file"]
 EXCLUDED_SUFFIX = ".excluded"
+HOLDOUT_SUFFIX = ".holdout"
 #: The exclusion dataset: the dropped documents (content where there was any), why, and a detail.
 EXCLUSION_SCHEMA = pa.schema(
     [
@@ -203,12 +204,18 @@ def excluded_path(output: str) -> str:
     return output.rstrip("/") + EXCLUDED_SUFFIX
 
 
+def holdout_path(output: str) -> str:
+    """Where a stage sets documents aside for evaluation: ``<output>.holdout`` (beside the output)."""
+    return output.rstrip("/") + HOLDOUT_SUFFIX
+
+
 @dataclass(frozen=True)
 class OutputDirs:
-    """The temporary output folder and exclusion folder of a running stage (renamed on success)."""
+    """The temporary output, exclusion (and held-out) folders of a running stage (renamed on success)."""
 
     output: str
     excluded: str
+    holdout: str = ""
 
     def shard(self, input_shard: str) -> str:
         """The output shard of the same name as ``input_shard``."""
@@ -218,13 +225,23 @@ class OutputDirs:
         """The exclusion part named after a shard or task (``part-00003.parquet``)."""
         return f"{self.excluded}/{PurePosixPath(name).name}"
 
+    def held_out(self, input_shard: str) -> str:
+        """The held-out shard of the same name as ``input_shard``."""
+        if not self.holdout:
+            raise ValueError("this stage's outputs have no held-out dataset (shard_outputs(holdout=True))")
+        return f"{self.holdout}/{PurePosixPath(input_shard).name}"
+
 
 @contextlib.contextmanager
-def shard_outputs(output: str) -> Iterator[OutputDirs]:
-    """The stage's output folder and its exclusion dataset, both written to temporary folders that replace
-    the previous ones only when the body succeeds (on failure both stay as they were)."""
-    with atomic_output_dir(output) as tmp, atomic_output_dir(excluded_path(output)) as tmp_excluded:
-        yield OutputDirs(tmp, tmp_excluded)
+def shard_outputs(output: str, holdout: bool = False) -> Iterator[OutputDirs]:
+    """The stage's output folder and its exclusion dataset (and, with ``holdout``, its held-out dataset),
+    written to temporary folders that replace the previous ones only when the body succeeds (on failure
+    they all stay as they were)."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output_dir(output))
+        tmp_excluded = stack.enter_context(atomic_output_dir(excluded_path(output)))
+        tmp_holdout = stack.enter_context(atomic_output_dir(holdout_path(output))) if holdout else ""
+        yield OutputDirs(tmp, tmp_excluded, tmp_holdout)
 
 
 class Exclusions:

@@ -387,3 +387,18 @@ def test_command_line_writes_the_report(
     assert (report["files_in"], report["files_out"]) == (7, 3)
     assert report["drops"]["min_lines"] == 2 and report["drops"]["max_line_length"] == 0
     assert report["details"]["languages"]["python"] == {"kept": 2, "dropped": 3}
+
+
+def test_held_out_repositories_go_to_the_holdout_dataset_after_the_filters(tmp_path: Path) -> None:
+    # Repository r24 hashes below 5%: its documents that pass the filters are held out, not kept.
+    held = [doc("greet.py", GOOD_PYTHON, repo="r24"), doc("tiny.py", "x = 1\n", repo="r24")]
+    kept = [doc("greet.py", GOOD_PYTHON, repo="r25")]
+    report = run_curate(write_input(tmp_path / "in", [held + kept]), tmp_path / "curate")
+    holdout = read_shard(str(tmp_path / "curate.holdout" / "part-00000.parquet"))
+    output = read_shard(str(tmp_path / "curate" / "part-00000.parquet"))
+    assert holdout["repo"].to_pylist() == ["r24"] and holdout["path"].to_pylist() == ["greet.py"]
+    assert "quality_score" in holdout.column_names  # the same columns as the kept documents
+    assert output["repo"].to_pylist() == ["r25"]
+    assert report.metrics["held_out"] == 1.0 and report.drops["min_lines"] == 1
+    none = run_curate(write_input(tmp_path / "in2", [held + kept]), tmp_path / "all", holdout_fraction=0.0)
+    assert none.files_out == 2 and none.metrics["held_out"] == 0.0

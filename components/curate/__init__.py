@@ -25,6 +25,11 @@ high-quality subset). Fractions are over all characters of the content, whitespa
 are in ``rules.py`` and ``components/params/curate.py``. The report counts drops per rule name (zeros
 included) and, in ``details.languages``, kept/dropped documents per language; the dropped documents,
 with their rule and its threshold, go to ``data/curate.excluded``.
+
+Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` that pass
+the filters go, with their signal columns, to ``data/curate.holdout`` instead (not counted as kept or
+dropped; metric ``held_out``): the evaluation's fixed held-out set, taken before dedup, so that every
+arm of a dedup ablation is measured on the same text.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from components.stage_runner import (
     shard_outputs,
     summed_counters,
 )
+from components.tokens.packing import unit_hash
 
 #: Columns of a dropped document kept in the exclusion dataset (besides its content).
 EXCLUDED_COLUMNS = ["id", "repo", "path", "lang", "size_bytes"]
@@ -63,6 +69,7 @@ class ShardTask:
     input_path: str
     output_path: str
     excluded_path: str
+    holdout_path: str
     config: CurateConfig
 
 
@@ -95,13 +102,20 @@ def curate_shard(task: ShardTask) -> ShardResult:
     excluded = Exclusions()
     kept_rows: list[int] = []
     kept_signals: list[Signals] = []
+    held_rows: list[int] = []
+    held_signals: list[Signals] = []
+    repos = table["repo"].to_pylist()
     dropped: list[tuple[int, str, str]] = []
     contents = decoded_contents(table)
     for index, (content, lang, size_bytes) in enumerate(
         zip(contents, table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True)
     ):
         reason, signals = curator.judge(content, lang, size_bytes)
-        if reason is None and signals is not None:
+        if reason is None and signals is not None and is_held_out(repos[index], task.config.holdout_fraction):
+            held_rows.append(index)
+            held_signals.append(signals)
+            result.counters["held_out"] += 1
+        elif reason is None and signals is not None:
             kept_rows.append(index)
             kept_signals.append(signals)
             result.counters[f"lang.{lang}.kept"] += 1
@@ -116,10 +130,18 @@ def curate_shard(task: ShardTask) -> ShardResult:
         excluded.drop(reason, {**row, "content": text}, detail)
     kept = with_signal_columns(table.take(pa.array(kept_rows, pa.int64())), kept_signals)
     write_shard(kept, task.output_path)
+    write_shard(
+        with_signal_columns(table.take(pa.array(held_rows, pa.int64())), held_signals), task.holdout_path
+    )
     excluded.write(task.excluded_path)
     result.drops = excluded.counts
     result.files_out, result.bytes_out = kept.num_rows, table_bytes(kept)
     return result
+
+
+def is_held_out(repo: str, fraction: float) -> bool:
+    """Whether repository ``repo`` belongs to the held-out set (the same on every run and machine)."""
+    return unit_hash("holdout", repo) < fraction
 
 
 def language_counts(counters: Mapping[str, float]) -> dict[str, dict[str, int]]:
@@ -136,14 +158,15 @@ def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport
     """Drop documents that fail the heuristic filters of params.curate; keep quality signals as columns."""
     report = StageReport(stage="curate")
     report.merge_drops(dict.fromkeys(DROP_REASONS, 0))
-    with shard_outputs(io.require_output("curate")) as out:
+    with shard_outputs(io.require_output("curate"), holdout=True) as out:
         tasks = [
-            ShardTask(path, out.shard(path), out.exclusions(path), config)
+            ShardTask(path, out.shard(path), out.exclusions(path), out.held_out(path), config)
             for path in list_shards(io.input("documents"))
         ]
         results = run_shards(curate_shard, tasks, context, report)
     counters = summed_counters(results)
     report.details["languages"] = language_counts(counters)
+    report.metrics["held_out"] = float(counters["held_out"])
     report.metrics["kept_fraction"] = report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["kept_bytes_fraction"] = report.bytes_out / report.bytes_in if report.bytes_in else 0.0
     quality_sum = counters["quality_sum"]
