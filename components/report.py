@@ -137,12 +137,18 @@ def read_report(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_eval_report(path: str | Path, models: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
-    """Write ``{"models": {model: {score: value}}, "settings": {...}}``, score names as MLflow keys."""
+def write_eval_report(
+    path: str | Path,
+    models: dict[str, dict[str, Any]],
+    settings: dict[str, Any],
+    comparisons: dict[str, Any] | None = None,
+) -> None:
+    """Write ``{"models": {model: {score: value}}, "comparisons": {...}, "settings": {...}}``, score names
+    as MLflow keys."""
     keyed = {
         model: {metric_key(name): value for name, value in scores.items()} for model, scores in models.items()
     }
-    write_json(path, {"models": keyed, "settings": settings})
+    write_json(path, {"models": keyed, "comparisons": comparisons or {}, "settings": settings})
 
 
 def read_eval_report(path: str | Path = EVAL_REPORT) -> dict[str, Any]:
@@ -170,3 +176,8 @@ def read_eval_scores(path: str | Path = EVAL_REPORT) -> dict[str, dict[str, floa
         }
         for model, scores in models.items()
     }
+
+
+def intervals_apart(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two score intervals do not overlap (a difference beyond both runs' uncertainty)."""
+    return a[1] < b[0] or b[1] < a[0]

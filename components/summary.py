@@ -57,16 +57,9 @@ def format_summary(reports: dict[str, dict[str, Any]]) -> str:
 #: Report metrics of the model stages shown in the summary: (metric, column title, format).
 MODEL_COLUMNS = [
     ("tokens_trained", "tokens", "{:>12,.0f}"),
-    ("final_val_bpb", "val bpb", "{:>8.3f}"),
+    ("final_val_bpb", "train-val bpb", "{:>13.3f}"),
     ("mean_tokens_per_s", "tokens/s", "{:>9,.0f}"),
     ("mean_mfu", "MFU", "{:>6.1%}"),
-]
-
-
-#: Scores from ``reports/eval.json`` shown beside them: (score, column title, format).
-EVAL_COLUMNS = [
-    ("pass_at_1", "pass@1", "{:>7.1%}"),
-    ("bpb", "eval bpb", "{:>8.3f}"),
 ]
 
 
@@ -74,26 +67,67 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value) if value is not None else f"{'-':>{len(fmt.format(0))}}"
 
 
-def format_model_summary(
-    reports: dict[str, dict[str, Any]], eval_scores: dict[str, dict[str, Any]] | None = None
-) -> str:
-    """A table of the model stages (trained, or evaluated): training figures, then HumanEval pass@1 and
-    bits per byte from the evaluate stage; empty if none ran."""
-    eval_scores = eval_scores or {}
+def format_model_summary(reports: dict[str, dict[str, Any]]) -> str:
+    """A table of the trained model stages: tokens, training's val bits per byte, speed; empty if none."""
     rows = {stage: r.get("metrics") or {} for stage, r in reports.items()}
     rows = {stage: metrics for stage, metrics in rows.items() if "tokens_trained" in metrics}
-    rows.update({stage: {} for stage in eval_scores if stage not in rows})
     if not rows:
         return ""
-    columns = MODEL_COLUMNS + (EVAL_COLUMNS if eval_scores else [])
-    titles = [f"{title:>{len(fmt.format(0))}}" for _, title, fmt in columns]
+    titles = [f"{title:>{len(fmt.format(0))}}" for _, title, fmt in MODEL_COLUMNS]
     lines = [f"{'model':<10} " + " ".join(titles)]
     lines.append("-" * len(lines[0]))
     for stage, metrics in rows.items():
-        cells = [_cell(metrics.get(key), fmt) for key, _, fmt in MODEL_COLUMNS]
-        if eval_scores:
-            cells += [_cell(eval_scores.get(stage, {}).get(key), fmt) for key, _, fmt in EVAL_COLUMNS]
-        lines.append(f"{stage:<10} " + " ".join(cells))
+        lines.append(
+            f"{stage:<10} " + " ".join(_cell(metrics.get(key), fmt) for key, _, fmt in MODEL_COLUMNS)
+        )
+    return "\n".join(lines)
+
+
+def eval_rows(models: dict[str, dict[str, Any]]) -> list[str]:
+    """The metrics of the eval summary, in order: per benchmark pass@1 and gold bpb, then the held-out
+    bits per byte (all, then per language) and next-line exact match; only those some model has."""
+    present = {name for scores in models.values() for name in scores if f"{name}.ci_low" in scores}
+    benchmarks = sorted(
+        {name.rsplit(".", 1)[0] for name in present if name.endswith((".pass_at_1", ".gold_bpb"))}
+    )
+    order = [f"{b}.{metric}" for b in benchmarks for metric in ("pass_at_1", "gold_bpb")]
+    order += [
+        "val.bpb",
+        *sorted(n for n in present if n.startswith("val.") and n != "val.bpb"),
+        "line.exact_match",
+    ]
+    return [name for name in order if name in present]
+
+
+def _scored(scores: dict[str, Any], metric: str) -> str:
+    if metric not in scores:
+        return "-"
+    fmt = "{:.1%}" if "pass_at" in metric or "exact_match" in metric else "{:.3f}"
+    low, high = scores[f"{metric}.ci_low"], scores[f"{metric}.ci_high"]
+    return f"{fmt.format(scores[metric])} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def format_eval_summary(eval_report: dict[str, Any]) -> str:
+    """Each evaluated model's scores with their 95% intervals (a row per metric, a column per model),
+    then the differences between consecutive models that exceed their paired interval."""
+    models: dict[str, dict[str, Any]] = eval_report.get("models") or {}
+    metrics = eval_rows(models)
+    if not metrics:
+        return ""
+    width = max(len(name) for name in metrics) + 1
+    cells = {model: [_scored(scores, metric) for metric in metrics] for model, scores in models.items()}
+    widths = {model: max(len(model), *(len(cell) for cell in column)) for model, column in cells.items()}
+    lines = [f"{'metric (95% interval)':<{width}} " + " ".join(f"{m:>{widths[m]}}" for m in models)]
+    lines.append("-" * len(lines[0]))
+    for row, metric in enumerate(metrics):
+        lines.append(f"{metric:<{width}} " + " ".join(f"{cells[m][row]:>{widths[m]}}" for m in models))
+    for pair, compared in (eval_report.get("comparisons") or {}).items():
+        apart = [
+            f"{metric} {result['difference']:+.3f} ({result['verdict']})"
+            for metric, result in compared.items()
+            if result.get("significant")
+        ]
+        lines.append(f"{pair}: " + ("; ".join(apart) if apart else "no difference beyond the intervals"))
     return "\n".join(lines)
 
 

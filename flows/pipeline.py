@@ -238,8 +238,13 @@ def stage_table(root: Path, stages: list[DvcStage], rows: dict[str, dict[str, An
 
 def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str, failures: list[str]) -> str:
     """The ``pipeline-summary`` artifact: outcome, eval scores and the registered model version."""
-    from components.report import read_eval_scores
-    from components.summary import format_model_summary, format_registry_summary, load_reports
+    from components.report import read_eval_report
+    from components.summary import (
+        format_eval_summary,
+        format_model_summary,
+        format_registry_summary,
+        load_reports,
+    )
 
     cached = sum(row["cached"] for row in table)
     ran = sum(row["status"] == "ran" for row in table)
@@ -253,9 +258,10 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     for failure in failures:
         lines += ["```", failure, "```", ""]
     reports = load_reports(root / "reports", root / "dvc.yaml")
-    scores = read_eval_scores(root / "reports" / "eval.json")
-    models = format_model_summary(reports, scores)
-    lines += ["## Eval scores", "", f"```\n{models}\n```" if scores else "No evaluation yet.", ""]
+    trained = format_model_summary(reports)
+    scores = format_eval_summary(read_eval_report(root / "reports" / "eval.json"))
+    lines += ["## Models", "", f"```\n{trained}\n```" if trained else "None trained yet.", ""]
+    lines += ["## Eval scores", "", f"```\n{scores}\n```" if scores else "No evaluation yet.", ""]
     registered = format_registry_summary(reports)
     lines += ["## Registered model", "", f"```\n{registered}\n```" if registered else "None registered.", ""]
     return "\n".join(lines)

@@ -104,7 +104,7 @@ def make_dvc_project(
     """A git+DVC copy of the project in ``root``, committed; returns the environment to run it with.
 
     ``params`` sections replace those of params.yaml (``{"ingest": {...}}``, merged one level deep);
-    ``stages`` keeps only those stages of dvc.yaml.
+    ``stages`` keeps only those stages of dvc.yaml (with ``sources`` when it has ``ingest``).
     """
     import sys
 
@@ -118,6 +118,8 @@ def make_dvc_project(
         raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if stages is not None:
+        if "ingest" in stages and "sources" not in stages:
+            stages = ["sources", *stages]  # ingest reads the sources' fingerprint
         dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
         dvc_yaml["stages"] = {name: dvc_yaml["stages"][name] for name in stages}
         (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))

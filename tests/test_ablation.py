@@ -27,7 +27,19 @@ def test_comparison_metrics_pick_what_matters_from_the_reports_that_exist() -> N
         "reports/tokenize.json": {"metrics": {"tokens.train": 1234, "tokens.val": 99}},
         "reports/pretrain.json": {"metrics": {"final_val_bpb": 2.5, "tokens_trained": 10}},
         "reports/sft.json": {"metrics": {"final_val_bpb": 2.25}},
-        "reports/eval.json": {"models": {"pretrain": {"pass@1": 0.0, "pass_at_1": 0.0, "bpb": 2.4}}},
+        "reports/eval.json": {
+            "models": {
+                "pretrain": {
+                    "humaneval.pass_at_1": 0.0,
+                    "humaneval.pass_at_1.ci_low": 0.0,
+                    "humaneval.pass_at_1.ci_high": 0.0,
+                    "humaneval.problems": 164.0,  # no interval: a count, not a score
+                    "val.bpb": 2.4,
+                    "val.bpb.ci_low": 2.3,
+                    "val.bpb.ci_high": 2.5,
+                }
+            }
+        },
     }
     assert ab.comparison_metrics(reports) == {
         "dedup.files_out": 40.0,
@@ -36,8 +48,12 @@ def test_comparison_metrics_pick_what_matters_from_the_reports_that_exist() -> N
         "tokens.train": 1234.0,
         "pretrain.val_bpb": 2.5,
         "sft.val_bpb": 2.25,
-        "pretrain.pass_at_1": 0.0,
-        "pretrain.eval_bpb": 2.4,
+        "pretrain.humaneval.pass_at_1": 0.0,
+        "pretrain.humaneval.pass_at_1.ci_low": 0.0,
+        "pretrain.humaneval.pass_at_1.ci_high": 0.0,
+        "pretrain.val.bpb": 2.4,
+        "pretrain.val.bpb.ci_low": 2.3,
+        "pretrain.val.bpb.ci_high": 2.5,
     }
     assert ab.comparison_metrics({"reports/ingest.json": {"files_out": 5}}) == {}
 
@@ -60,6 +76,29 @@ def test_table_and_plot_of_a_numeric_key(tmp_path: Path) -> None:
     assert read[0]["sft.val_bpb"] == "" and read[1]["sft.val_bpb"] == "1.5"
     assert plot.read_bytes().startswith(PNG_HEADER)
     assert "| 0.003 | 2 | 1.5 |" in ab.table_markdown("pretrain.lr", rows)
+
+
+def test_intervals_mark_differences_and_all_zero_panels_are_left_out(tmp_path: Path) -> None:
+    def arm(value: str, bpb: float, low: float, high: float) -> dict:
+        return {
+            "dedup.level": value, "experiment": value, "run_id": value,
+            "sft.val.bpb": bpb, "sft.val.bpb.ci_low": low, "sft.val.bpb.ci_high": high,
+            "sft.humaneval.pass_at_1": 0.0, "sft.humaneval.pass_at_1.ci_low": 0.0,
+            "sft.humaneval.pass_at_1.ci_high": 0.0,
+        }  # fmt: skip
+
+    rows = [arm("none", 2.10, 2.08, 2.12), arm("exact", 2.11, 2.09, 2.13), arm("file", 2.02, 2.00, 2.04)]
+    assert ab.beyond_intervals(rows, "sft.val.bpb") == [False, False, True]
+    assert ab.all_zero(rows, "sft.humaneval.pass_at_1") and not ab.all_zero(rows, "sft.val.bpb")
+    markdown = ab.table_markdown("dedup.level", rows)
+    assert (
+        "| file | 2.02 [2, 2.04] * |" in markdown
+        and "does not overlap that of dedup.level = none" in markdown
+    )
+    assert ab.metric_columns(rows) == ["sft.val.bpb", "sft.humaneval.pass_at_1"]
+    table, plot = ab.write_comparison("dedup.level", rows, tmp_path)
+    assert "sft.val.bpb.ci_low" in table.read_text().splitlines()[0]
+    assert plot.read_bytes().startswith(PNG_HEADER)
 
 
 def test_sweeps_run_every_stage_but_register_by_default() -> None:
@@ -129,8 +168,9 @@ def test_ablation_flow_over_two_dedup_levels(tmp_path: Path) -> None:
         }
         for value, parent in by_value.items()
     }
-    assert set(children["none"]) == {"ingest", "curate", "dedup"}
-    assert set(children["exact"]) == {"dedup"}, "ingest and curate must come from DVC's run cache"
+    assert set(children["none"]) == {"sources", "ingest", "curate", "dedup"}
+    # The fingerprint runs every time; ingest and curate come from DVC's run cache.
+    assert set(children["exact"]) == {"sources", "dedup"}, "ingest and curate must come from DVC's run cache"
     assert children["exact"]["dedup"].data.params["dedup.level"] == "exact"
     assert children["exact"]["dedup"].data.tags["dvc.exp_name"] == "ablation-dedup.level-exact"
     assert by_value["none"].data.metrics["dedup.files_out"] == 12

@@ -43,12 +43,14 @@ def test_default_params_load() -> None:
         (lambda raw: raw["model"].update(name="team/tiny"), "model.name"),  # the registry refuses "/"
         (lambda raw: raw["model"].update(name="tiny:v2"), "model.name"),
         (
-            lambda raw: raw["clean"]["decontam"].update(benchmarks=["eval_sets/missing.jsonl"]),
-            "clean.decontam.benchmarks[0]",
+            lambda raw: raw["evaluate"]["benchmarks"].append(
+                {"name": "x", "file": "eval_sets/missing.jsonl"}
+            ),
+            "evaluate.benchmarks[3].file",
         ),
         (
-            lambda raw: raw["clean"]["decontam"].update(benchmarks=["../elsewhere.jsonl"]),
-            "clean.decontam.benchmarks[0]",
+            lambda raw: raw["evaluate"]["benchmarks"].append({"name": "x", "file": "../elsewhere.jsonl"}),
+            "evaluate.benchmarks[3].file",
         ),
     ],
 )

@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from components.benchmarks import load_benchmark
 from components.evaluate import sandbox
-from components.evaluate.humaneval import load_problems, score_samples
 from components.evaluate.sandbox import (
     ForkServer,
     drops_privileges,
@@ -27,7 +27,8 @@ from components.evaluate.sandbox import (
     run_program,
     run_programs,
 )
-from components.params.evaluate import EvaluateConfig
+from components.evaluate.scoring import score_samples
+from components.params.evaluate import BenchmarkSpec, EvaluateConfig
 from tests.conftest import PROJECT_ROOT
 
 NAMESPACES = isolation_in_force("auto") == "namespaces"
@@ -35,9 +36,9 @@ needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="this machine allow
 
 
 def test_canonical_solutions_pass_and_empty_completions_fail() -> None:
-    problems = load_problems()
+    problems = {p.task_id: p for p in load_benchmark(BenchmarkSpec(name="humaneval", builtin="humaneval"))}
     assert len(problems) == 164
-    canonical = [{"task_id": task, "completion": p["canonical_solution"]} for task, p in problems.items()]
+    canonical = [{"task_id": task, "completion": p.gold} for task, p in problems.items()]
     empty = [{"task_id": task, "completion": ""} for task in problems]
     results = score_samples(canonical + empty, problems, EvaluateConfig(workers=2))
     assert sum(r["passed"] for r in results[:164]) == 164, [r for r in results[:164] if not r["passed"]][:3]

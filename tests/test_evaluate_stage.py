@@ -36,7 +36,7 @@ def test_extract_code_takes_the_first_code_block() -> None:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tokenize output and a tiny random llama exported as models/pretrain with that tokenizer."""
     root = tmp_path_factory.mktemp("eval")
-    clean = write_clean_shards(root / "clean", corpus())
+    clean = write_clean_shards(root / "clean", corpus())  # also the held-out documents of the tests
     tokenize(clean, root / "tokenize", val_fraction=0.25)
     index = json.loads((root / "tokenize" / "index.json").read_text())
     params = make_params()
@@ -83,59 +83,143 @@ def test_long_prompts_keep_their_end_within_the_context(workspace: Path) -> None
     assert first == second  # only the prompts' (identical) last tokens were seen
 
 
+EVAL_SETTINGS = {
+    "benchmarks": [
+        {"name": "humaneval", "builtin": "humaneval", "limit": PROBLEMS},
+        {"name": "infill", "builtin": "humaneval-infilling-single", "limit": PROBLEMS, "sampled": False},
+    ],
+    "models": ["pretrain"],
+    "max_new_tokens": 16,
+    "n_samples": 2,
+    "k": [1, 2],
+    "holdout_tokens": 3000,
+    "line_completions": 6,
+    "bootstrap_resamples": 200,
+    "timeout_s": 5.0,
+}
+
+
 @pytest.mark.slow
-def test_stage_writes_results_summary_and_settings(workspace: Path, mlflow_uri: str) -> None:
-    params = make_params(
-        evaluate={
-            "models": ["pretrain"],
-            "problems_limit": PROBLEMS,
-            "max_new_tokens": 16,
-            "n_samples": 2,
-            "k": [1, 2],
-            "bpb_sequences": 4,
-            "timeout_s": 5.0,
-        }
-    )
+def test_stage_writes_generations_results_scores_intervals_and_settings(
+    workspace: Path, mlflow_uri: str
+) -> None:
+    params = make_params(evaluate=EVAL_SETTINGS)
     output = workspace / "reports" / "eval"
-    io = STAGE.resolve([str(workspace / "models"), str(workspace / "tokenize")], str(output))
+    io = STAGE.resolve([str(workspace / "models"), str(workspace / "clean")], str(output))
     report = run_stage(STAGE, params, io, str(workspace / "reports" / "evaluate.json"))
     [active] = mlflow.search_runs(filter_string="tags.`codemill.stage` = 'evaluate'", output_format="list")
-    lines = [json.loads(line) for line in (output / "pretrain.jsonl").read_text().splitlines()]
-    greedy = [line for line in lines if line["mode"] == "greedy"]
-    sampled = [line for line in lines if line["mode"] == "sample"]
-    assert len(greedy) == PROBLEMS and len(sampled) == 2 * PROBLEMS
-    for line in lines:
-        assert {"task_id", "completion", "passed", "result", "error", "seconds"} <= set(line)
-        assert all(stop not in line["completion"] for stop in params.evaluate.stop)
+    model_dir = output / "pretrain"
+    results = [json.loads(line) for line in (model_dir / "humaneval.results.jsonl").read_text().splitlines()]
+    greedy = [line for line in results if line["mode"] == "greedy"]
+    assert len(greedy) == PROBLEMS and len([r for r in results if r["mode"] == "sample"]) == 2 * PROBLEMS
+    for line in results:
+        assert {"benchmark", "task_id", "completion", "passed", "result", "error", "seconds"} <= set(line)
+    infill = (model_dir / "infill.samples.jsonl").read_text().splitlines()
+    assert len(infill) == PROBLEMS and all("\n" not in json.loads(line)["completion"] for line in infill)
+
+    generation = json.loads((model_dir / "generation.json").read_text())
+    runs = {(run["benchmark"], run["mode"]): run for run in generation["runs"]}
+    assert set(runs) == {("humaneval", "greedy"), ("humaneval", "sample"), ("infill", "greedy")}
+    assert runs[("humaneval", "sample")]["temperature"] == params.evaluate.temperature
+    assert runs[("infill", "greedy")]["stop"] == ["\n"] and generation["seed"] == params.project.seed
 
     summary = json.loads((workspace / "reports" / "eval.json").read_text())
     scores = summary["models"]["pretrain"]
-    assert scores["pass_at_1"] == sum(line["passed"] for line in greedy) / PROBLEMS
+    assert scores["humaneval.pass_at_1"] == sum(line["passed"] for line in greedy) / PROBLEMS
     assert not any("@" in key for key in scores), "one spelling of each key: pass_at_1"
-    assert 0 <= scores["sampled_pass_at_2"] <= 1 and scores["problems"] == PROBLEMS
-    assert 0 < scores["bpb"] < 20  # random model over a ~400-token vocabulary
-    assert summary["settings"]["temperature"] == params.evaluate.temperature
-    assert summary["settings"]["stop"] == params.evaluate.stop
-    assert report.metrics["pretrain.pass_at_1"] == scores["pass_at_1"]
-    assert report.metrics["pretrain.bpb"] == scores["bpb"]
-    plot = json.loads((workspace / "reports" / "eval_scores.json").read_text())
-    assert plot == [
-        {
-            "model": "pretrain",
-            **{
-                k: scores[k]
-                for k in ("pass_at_1", "sampled_pass_at_1", "sampled_pass_at_2", "problems", "bpb")
-            },
-        }
-    ]
+    interval_metrics = ("humaneval.pass_at_1", "humaneval.gold_bpb", "infill.gold_bpb", "val.bpb")
+    for metric in (*interval_metrics, "val.python.bpb", "line.exact_match"):
+        assert scores[f"{metric}.ci_low"] <= scores[metric] <= scores[f"{metric}.ci_high"], metric
+    assert 0 < scores["humaneval.gold_bpb"] < 20 and 0 < scores["val.bpb"] < 20  # a random tiny model
+    assert scores["line.exact_match.n"] == 6
+    assert summary["settings"]["sandbox_isolation"] in ("namespaces", "seccomp", "none")
+    assert summary["settings"]["held_out_documents"] > 0
+    assert report.metrics["pretrain.humaneval.gold_bpb"] == scores["humaneval.gold_bpb"]
+    plot = json.loads((workspace / "reports" / "eval_plots" / "val.bpb.json").read_text())
+    assert plot == [{"model": "pretrain", "score": scores["val.bpb"], "ci_low": scores["val.bpb.ci_low"],
+                     "ci_high": scores["val.bpb.ci_high"]}]  # fmt: skip
 
     from components.register.publish import read_eval_metrics
 
-    assert (
-        read_eval_metrics(workspace / "reports" / "eval.json", "pretrain")["pass_at_1"] == scores["pass_at_1"]
-    )
+    gated = read_eval_metrics(workspace / "reports" / "eval.json", "pretrain")
+    assert gated["humaneval.gold_bpb"] == scores["humaneval.gold_bpb"]
     run_data = mlflow.get_run(active.info.run_id).data
     assert json.loads(run_data.params["eval.top_p"]) == params.evaluate.top_p
-    assert json.loads(run_data.params["eval.max_new_tokens"]) == 16
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "eval")}
-    assert "eval/pretrain.jsonl" in artifacts
+    assert run_data.params["eval.benchmark.infill"] == "builtin:humaneval-infilling-single"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "eval/pretrain")}
+    assert "eval/pretrain/humaneval.samples.jsonl" in artifacts
+
+    # Scoring is a step of its own: the saved generations score the same without the model.
+    from components.benchmarks import load_benchmark
+    from components.evaluate.scoring import read_samples, score_samples
+
+    problems = {p.task_id: p for p in load_benchmark(params.evaluate.benchmarks[0])}
+    again = score_samples(read_samples(str(model_dir / "humaneval.samples.jsonl"), problems), problems)
+    assert [r["result"] for r in again] == [r["result"] for r in results]
+
+
+def test_a_model_trained_on_the_solutions_has_a_lower_gold_bpb_than_a_fresh_one(workspace: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.benchmarks import load_benchmark
+    from components.evaluate.evaluator import Benchmark, gold_bpb
+    from components.params.evaluate import BenchmarkSpec
+
+    spec = BenchmarkSpec(name="humaneval", builtin="humaneval", limit=8)
+    benchmark = Benchmark(spec, load_benchmark(spec))
+    model_dir = workspace / "models" / "pretrain"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fresh = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    before = gold_bpb(fresh, tokenizer, benchmark, 8)
+    trained = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    texts = [problem.prompt + (problem.gold or "") for problem in benchmark.problems]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    trained.train()
+    for _ in range(60):
+        loss = trained(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = gold_bpb(trained.eval(), tokenizer, benchmark, 8)
+    assert before is not None and after is not None
+    assert after.value < 0.7 * before.value, (before.value, after.value)
+
+
+def _params_file(root: Path, **evaluate: object) -> Path:
+    import yaml
+
+    raw = make_params(evaluate={**EVAL_SETTINGS, **evaluate}).model_dump(by_alias=True, mode="json")
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_codemill_evaluate_takes_an_exported_directory_and_a_registry_version(
+    workspace: Path, mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from components.cli import main
+    from components.register.publish import log_model
+
+    params = _params_file(tmp_path, sampling=False)
+    model_dir = workspace / "models" / "pretrain"
+    common = ["--params", str(params), "--benchmarks", "humaneval", "--holdout", str(workspace / "clean")]
+    assert main(["evaluate", "--model", str(model_dir), "--output", str(tmp_path / "dir"), *common]) == 0
+    from_dir = json.loads((tmp_path / "dir" / "eval.json").read_text())["models"][str(model_dir)]
+    assert from_dir["humaneval.problems"] == PROBLEMS and "infill.problems" not in from_dir
+    assert from_dir["val.bpb.ci_low"] <= from_dir["val.bpb"] <= from_dir["val.bpb.ci_high"]
+
+    with mlflow.start_run():
+        version = log_model(model_dir, "codemill-evaltest", 16)
+    mlflow.MlflowClient().set_registered_model_alias("codemill-evaltest", "champion", version)
+    uri = "models:/codemill-evaltest@champion"
+    assert main(["evaluate", "--model", uri, "--output", str(tmp_path / "uri"), *common]) == 0
+    from_uri = json.loads((tmp_path / "uri" / "eval.json").read_text())["models"][uri]
+    # The same weights, the same seeds: the same scores from the registry as from the directory.
+    for metric in ("humaneval.pass_at_1", "humaneval.gold_bpb", "val.bpb", "line.exact_match"):
+        assert from_uri[metric] == pytest.approx(from_dir[metric], rel=1e-6), metric
+    assert main(["evaluate", "--model", "models:/codemill-evaltest@nope", *common]) == 2
+    assert "codemill evaluate:" in capsys.readouterr().err

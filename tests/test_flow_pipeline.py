@@ -245,7 +245,7 @@ def test_deployment_run_completes_with_stage_runs_nested_under_one_parent(
     assert table["dedup"]["files_in"] == table["curate"]["files_out"] > 0
     parent, children = _parent_and_children(root, flow_run_id)
     assert parent.data.tags["codemill.kind"] == "pipeline" and parent.info.status == "FINISHED"
-    assert set(children) == set(STAGES)
+    assert set(children) == {"sources", *STAGES}  # the sources fingerprint runs first
     assert {s: table[s]["mlflow_run"] for s in STAGES} == {s: children[s].info.run_id for s in STAGES}
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert children["dedup"].data.tags["dvc.md5.data/dedup"] == lock["stages"]["dedup"]["outs"][0]["md5"]
@@ -271,7 +271,7 @@ def test_second_run_shows_unchanged_stages_cached_and_linked_to_their_runs(
     }
     assert {s: table[s]["mlflow_run"] for s in STAGES} == producers  # the runs that produced the outputs
     parent, children = _parent_and_children(root, flow_run_id)
-    assert children == {}  # nothing ran
+    assert set(children) == {"sources"} and table["sources"]["status"] == "ran"  # only the fingerprint ran
     assert parent.data.tags["codemill.status.dedup"] == "cached"
     assert parent.data.tags["codemill.run.dedup"] == producers["dedup"]
 
@@ -374,5 +374,7 @@ def test_overrides_run_as_a_dvc_experiment(project: tuple[Path, dict[str, str]],
     assert revision["data"]["params"]["params.yaml"]["data"]["dedup"]["level"] == "exact"
     parent, children = _parent_and_children(root, flow_run_id)
     assert parent.data.tags["dvc.exp_name"] == "flow-exact"
-    assert set(children) == {"dedup"} and children["dedup"].data.tags["dvc.exp_name"] == "flow-exact"
+    assert (
+        set(children) == {"sources", "dedup"} and children["dedup"].data.tags["dvc.exp_name"] == "flow-exact"
+    )
     assert children["dedup"].data.params["dedup.level"] == "exact"

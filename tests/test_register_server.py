@@ -139,7 +139,7 @@ def register(
 ) -> dict[str, object]:
     """Run the register stage (in its MLflow stage run) with an eval report; returns its report."""
     eval_path = workdir / "eval.json"
-    write_eval_report(eval_path, {"anneal": {"pass@1": pass_at_1, "bpb": 2.0}}, {})
+    write_eval_report(eval_path, {"anneal": {"humaneval.pass_at_1": pass_at_1, "val.bpb": 2.0}}, {})
     config = config or RegisterConfig(source="anneal", max_new_tokens=4)
     params = make_params(model={"name": MODEL}, register=config.model_dump())
     report = workdir / "register.json"
@@ -163,11 +163,11 @@ def test_register_tags_aliases_and_loads_champion(workdir: Path, model_dir: Path
     details = report["details"]
     assert details["version"] == "1" and details["champion_before"] is None
     assert details["aliases"] == ["challenger", "champion"]  # first version to pass becomes champion
-    assert report["metrics"]["gates_passed"] == 1.0 and report["metrics"]["eval.pass_at_1"] == 0.10
+    assert report["metrics"]["gates_passed"] == 1.0 and report["metrics"]["eval.humaneval.pass_at_1"] == 0.10
     assert report["files_in"] >= 4  # config, weights, tokenizer, training.json
 
     version = mlflow.MlflowClient().get_model_version(NAME, "1")
-    assert version.tags["eval.pass_at_1"] == "0.1" and version.tags["gates.passed"] == "true"
+    assert version.tags["eval.humaneval.pass_at_1"] == "0.1" and version.tags["gates.passed"] == "true"
     assert version.tags["lineage.dvc.models/anneal"] == ANNEAL_MD5
     assert version.tags["lineage.run.anneal"] == parent_run
     assert len(version.tags["lineage.params.sha256"]) == 64 and "lineage.git.commit" in version.tags
@@ -183,9 +183,9 @@ def test_worse_model_gets_no_alias_better_one_is_challenger(workdir: Path, model
 
     worse = register(workdir, model_dir, pass_at_1=0.05)
     assert worse["details"]["aliases"] == [] and worse["metrics"]["gates_passed"] == 0.0
-    assert worse["drops"] == {"gate.vs_champion:pass_at_1": 1}
+    assert worse["drops"] == {"gate.vs_champion:humaneval.pass_at_1": 1}
     client = mlflow.MlflowClient()
-    assert client.get_model_version(NAME, "2").tags["gates.failed"] == "vs_champion:pass_at_1"
+    assert client.get_model_version(NAME, "2").tags["gates.failed"] == "vs_champion:humaneval.pass_at_1"
 
     better = register(workdir, model_dir, pass_at_1=0.20)
     assert better["details"]["aliases"] == ["challenger"]  # promotion.auto is off: champion stays

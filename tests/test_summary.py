@@ -6,13 +6,19 @@ from pathlib import Path
 
 from components.dvc_project import stage_names
 from components.report import StageReport
-from components.summary import format_model_summary, format_registry_summary, format_summary, load_reports
+from components.summary import (
+    format_eval_summary,
+    format_model_summary,
+    format_registry_summary,
+    format_summary,
+    load_reports,
+)
 from tests.conftest import PROJECT_ROOT
 
 
 def test_stages_come_from_dvc_yaml_in_order() -> None:
     stages = stage_names(PROJECT_ROOT / "dvc.yaml")
-    assert stages[:5] == ["ingest", "curate", "dedup", "clean", "validate"]
+    assert stages[:6] == ["sources", "ingest", "curate", "dedup", "clean", "validate"]
 
 
 def test_summary_shows_counts_drops_and_dedup_ratio(tmp_path: Path) -> None:
@@ -47,13 +53,40 @@ def test_model_table_lists_stages_that_trained() -> None:
     assert lines[2].split() == ["pretrain", "614,400", "2.500", "5,321", "-"]
 
 
-def test_model_table_adds_eval_scores_and_evaluated_only_stages() -> None:
-    reports = {"anneal": {"metrics": {"tokens_trained": 1000, "final_val_bpb": 2.0}}}
-    scores = {"anneal": {"pass_at_1": 0.25, "bpb": 2.1}, "sft": {"pass_at_1": 0.5, "bpb": 2.3}}
-    lines = format_model_summary(reports, scores).splitlines()
-    assert lines[0].split()[-3:] == ["pass@1", "eval", "bpb"]
-    assert lines[2].split() == ["anneal", "1,000", "2.000", "-", "-", "25.0%", "2.100"]
-    assert lines[3].split() == ["sft", "-", "-", "-", "-", "50.0%", "2.300"]
+def _scored(value: float, low: float, high: float, name: str) -> dict[str, float]:
+    return {name: value, f"{name}.ci_low": low, f"{name}.ci_high": high, f"{name}.n": 164.0}
+
+
+def test_eval_table_shows_each_score_with_its_interval_and_the_differences_beyond_them() -> None:
+    report = {
+        "models": {
+            "anneal": {**_scored(0.25, 0.2, 0.3, "humaneval.pass_at_1"), **_scored(2.1, 2.0, 2.2, "val.bpb")},
+            "sft": {
+                **_scored(0.5, 0.4, 0.6, "humaneval.pass_at_1"),
+                **_scored(2.3, 2.2, 2.4, "val.bpb"),
+                **_scored(1.9, 1.8, 2.0, "humaneval.gold_bpb"),
+                "humaneval.problems": 164.0,
+            },
+        },
+        "comparisons": {
+            "anneal->sft": {
+                "val.bpb": {"difference": 0.2, "significant": True, "verdict": "worse"},
+                "humaneval.pass_at_1": {
+                    "difference": 0.25,
+                    "significant": False,
+                    "verdict": "within the interval",
+                },
+            }
+        },
+    }
+    lines = format_eval_summary(report).splitlines()
+    assert lines[0].split()[-2:] == ["anneal", "sft"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows)[:3] == ["humaneval.pass_at_1", "humaneval.gold_bpb", "val.bpb"]
+    assert "25.0% [20.0%, 30.0%]" in rows["humaneval.pass_at_1"] and "2.300 [2.200, 2.400]" in rows["val.bpb"]
+    assert rows["humaneval.gold_bpb"].split()[1] == "-"  # anneal has no gold bpb here
+    assert lines[-1] == "anneal->sft: val.bpb +0.200 (worse)"
+    assert format_eval_summary({}) == ""
 
 
 def test_registry_lines_name_version_aliases_and_serve_command() -> None:

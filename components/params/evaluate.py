@@ -1,21 +1,67 @@
-"""Parameters of HumanEval evaluation (``evaluate:`` in params.yaml): sandbox limits and decoding."""
+"""Parameters of evaluation (``evaluate:`` in params.yaml): the benchmarks, sandbox limits, decoding,
+the smooth metrics and their intervals (docs/evaluation.md)."""
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from components.params.base import StrictModel
 
-#: BigCode harness stop sequences for HumanEval: generation ends at the next top-level statement.
-HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+BenchmarkFormat = Literal["humaneval", "mbpp", "multipl-e", "infilling"]
+BuiltinBenchmark = Literal["humaneval", "humaneval-infilling-single", "humaneval-infilling-multi"]
+#: Benchmark names are metric-key prefixes (``humaneval.pass_at_1``): letters, digits, ``_``, ``-``.
+BENCHMARK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class BenchmarkSpec(StrictModel):
+    """One entry of ``evaluate.benchmarks``: a problem file (or a built-in set) and how to read it."""
+
+    #: Metric prefix and report name (``humaneval`` -> ``humaneval.pass_at_1``).
+    name: str
+    #: JSONL file (``.gz`` allowed), a project path or ``s3://``; or ``builtin`` instead.
+    file: str | None = None
+    #: ``humaneval`` (the installed package's 164 problems) or an infilling set built from it.
+    builtin: BuiltinBenchmark | None = None
+    #: File format; None: detected from the fields of the first record.
+    format: BenchmarkFormat | None = None
+    #: At most this many problems, the same ones every run (chosen by a hash of the task id).
+    limit: int | None = Field(None, ge=1)
+    #: Also sample ``evaluate.n_samples`` completions per problem for pass@k (greedy pass@1 always runs).
+    sampled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not BENCHMARK_NAME.match(name):
+            raise ValueError(f"benchmark name {name!r} must match {BENCHMARK_NAME.pattern}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BenchmarkSpec":
+        """Exactly one of ``file`` and ``builtin``."""
+        if (self.file is None) == (self.builtin is None):
+            raise ValueError(f"benchmark {self.name!r}: give exactly one of 'file' and 'builtin'")
+        return self
+
+
+def default_benchmarks() -> list[BenchmarkSpec]:
+    """HumanEval and its single- and multi-line infilling sets (FIM is evaluated by default)."""
+    return [
+        BenchmarkSpec(name="humaneval", builtin="humaneval"),
+        BenchmarkSpec(name="humaneval-infill-line", builtin="humaneval-infilling-single", sampled=False),
+        BenchmarkSpec(name="humaneval-infill-block", builtin="humaneval-infilling-multi", sampled=False),
+    ]
 
 
 class EvaluateConfig(StrictModel):
-    """Execution limits of the sandbox and the sampling settings of the generation step."""
+    """What is evaluated, the sandbox's limits, decoding, and the smooth metrics."""
 
-    #: Wall-clock limit per program (seconds), from the start of the program to its end.
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)
+    #: Wall-clock limit per program (seconds), from the start of the program to its end (compile steps
+    #: of compiled languages have their own limit, in the language table).
     timeout_s: float = Field(3.0, gt=0)
-    #: Address-space limit per program (RLIMIT_AS), in MiB.
+    #: Address-space limit per program (RLIMIT_AS), in MiB (a JVM gets at least what it needs).
     memory_mb: int = Field(1024, ge=64)
     #: Programs run at the same time (one sandbox process each).
     workers: int = Field(2, ge=1)
@@ -29,21 +75,26 @@ class EvaluateConfig(StrictModel):
     temperature: float = Field(0.2, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
-    stop: list[str] = Field(default_factory=lambda: list(HUMANEVAL_STOP))
     #: Model stages evaluated, each read from ``<models input>/<stage>`` (an exported HF checkpoint).
     models: list[str] = Field(default_factory=lambda: ["pretrain", "anneal"])
     #: Stages whose model is prompted through its chat template (instruct models).
     chat_models: list[str] = Field(default_factory=lambda: ["sft"])
-    #: First N problems only (None: all 164), for quick CPU runs.
-    problems_limit: int | None = Field(None, ge=1)
-    #: Prompts generated together (left-padded, KV cache).
-    batch_size: int = Field(8, ge=1)
+    #: Prompts generated together (left-padded, KV cache); ``auto``: from free GPU memory (64 on CPU).
+    batch_size: int | Literal["auto"] = 8
     #: Greedy decoding for pass@1 (one completion per problem).
     greedy: bool = True
     #: Sampled decoding (n_samples per problem, temperature/top_p) for pass@k.
     sampling: bool = True
-    #: Validation sequences (of model.seq_len tokens) scored for bits per byte.
-    bpb_sequences: int = Field(64, ge=1)
+    #: Held-out documents (``data/holdout``) scored for bits per byte, per language (up to this many
+    #: tokens in all; documents in a fixed order).
+    holdout_tokens: int = Field(65_536, ge=1)
+    #: Lines of held-out documents completed for next-line exact match (CodeXGLUE-style).
+    line_completions: int = Field(200, ge=0)
+    #: Tokens generated per line completion.
+    line_max_new_tokens: int = Field(32, ge=1)
+    #: Bootstrap resamples of every interval, and their confidence level.
+    bootstrap_resamples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
     #: torch intra-op threads on CPU (None: torch's default). A small model generates several times
     #: faster on one thread, and the other cores run the sandbox.
     cpu_threads: int | None = Field(1, ge=1)
@@ -56,6 +107,14 @@ class EvaluateConfig(StrictModel):
             raise ValueError(f"evaluate.k needs values >= 1 (got {k})")
         return k
 
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_names(cls, benchmarks: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        names = [spec.name for spec in benchmarks]
+        if repeated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"benchmark names repeat: {repeated}")
+        return benchmarks
+
     @model_validator(mode="after")
     def _k_within_samples(self) -> "EvaluateConfig":
         """pass@k is defined only for k <= n_samples."""
@@ -65,7 +124,6 @@ class EvaluateConfig(StrictModel):
 
 
 class EvaluateJob(StrictModel):
-    """Evaluation: ``evaluate:`` and the context length bits per byte are measured at."""
+    """Evaluation: ``evaluate:`` (the seed of sampling and bootstrap is the project's)."""
 
     evaluate: EvaluateConfig = EvaluateConfig()
-    seq_len: int = Field(256, ge=8)

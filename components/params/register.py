@@ -8,7 +8,7 @@ from components.params.base import StrictModel
 from components.report import metric_key
 
 Direction = Literal["max", "min"]
-DEFAULT_COMPARE: dict[str, Direction] = {"pass_at_1": "max", "bpb": "min"}
+DEFAULT_COMPARE: dict[str, Direction] = {"humaneval.pass_at_1": "max", "val.bpb": "min"}
 
 
 class PromotionConfig(StrictModel):
@@ -29,9 +29,10 @@ class RegisterConfig(StrictModel):
 
     #: Model stage to register: reads ``models/<source>/`` and ``reports/eval.json`` ``models.<source>``.
     source: str = "sft"
-    #: metric -> lowest allowed value (higher is better, e.g. pass_at_1).
-    min_scores: dict[str, float] = Field(default_factory=lambda: {"pass_at_1": 0.0})
-    #: metric -> highest allowed value (lower is better, e.g. bpb).
+    #: metric -> lowest allowed value (higher is better, e.g. humaneval.pass_at_1); any metric of the
+    #: eval report, by name (``humaneval.gold_bpb``, ``line.exact_match``, ``val.python.bpb``...).
+    min_scores: dict[str, float] = Field(default_factory=lambda: {"humaneval.pass_at_1": 0.0})
+    #: metric -> highest allowed value (lower is better, e.g. val.bpb).
     max_scores: dict[str, float] = Field(default_factory=dict)
     #: metric -> direction compared with the current champion (``max``: higher is better).
     compare: dict[str, Direction] = Field(default_factory=lambda: dict(DEFAULT_COMPARE))

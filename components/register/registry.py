@@ -12,6 +12,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.errors import StageError
@@ -147,6 +148,20 @@ def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> 
         return _client(client).get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def download_model(uri: str, destination: str | Path) -> tuple[Path, Path]:
+    """Download a registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) logged with the
+    transformers flavor; returns (weights directory, tokenizer directory)."""
+    import mlflow
+
+    root = Path(
+        reported(lambda: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+    )
+    model_dir, tokenizer_dir = root / "model", root / "components" / "tokenizer"
+    if not (model_dir / "config.json").is_file():
+        raise RegistryError(f"{uri}: no transformers checkpoint in the model's artifacts ({model_dir})")
+    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir
 
 
 def version_metrics(version: ModelVersion, metrics: list[str]) -> dict[str, float]:
