@@ -111,6 +111,10 @@ def format_eval_summary(eval_report: dict[str, Any]) -> str:
     """Each evaluated model's scores with their 95% intervals (a row per metric, a column per model),
     then the differences between consecutive models that exceed their paired interval."""
     models: dict[str, dict[str, Any]] = eval_report.get("models") or {}
+    order = (eval_report.get("settings") or {}).get("models") or []  # pipeline order (the file sorts keys)
+    models = dict(
+        sorted(models.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+    )
     metrics = eval_rows(models)
     if not metrics:
         return ""

@@ -223,3 +223,22 @@ def test_codemill_evaluate_takes_an_exported_directory_and_a_registry_version(
         assert from_uri[metric] == pytest.approx(from_dir[metric], rel=1e-6), metric
     assert main(["evaluate", "--model", "models:/codemill-evaltest@nope", *common]) == 2
     assert "codemill evaluate:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_models_evaluated_in_parallel_score_as_alone_and_compare_as_equal(
+    workspace: Path, mlflow_uri: str
+) -> None:
+    import shutil
+
+    shutil.copytree(workspace / "models" / "pretrain", workspace / "models" / "twin", dirs_exist_ok=True)
+    settings = {**EVAL_SETTINGS, "models": ["pretrain", "twin"], "model_workers": 2, "sampling": False}
+    params = make_params(evaluate=settings)
+    output = workspace / "reports" / "eval-twins"
+    io = STAGE.resolve([str(workspace / "models"), str(workspace / "clean")], str(output))
+    run_stage(STAGE, params, io, str(workspace / "reports" / "evaluate-twins.json"))
+    summary = json.loads((workspace / "reports" / "eval-twins.json").read_text())
+    first, second = summary["models"]["pretrain"], summary["models"]["twin"]
+    assert first == second  # two processes, the same weights: the same scores
+    compared = summary["comparisons"]["pretrain->twin"]
+    assert compared["val.bpb"]["difference"] == 0 and not compared["val.bpb"]["significant"]

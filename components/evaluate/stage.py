@@ -10,6 +10,10 @@ ci_low, ci_high, significant, verdict}}}, "settings": {...}}``) and the DVC plot
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ import torch
 
 from components.errors import StageError
 from components.evaluate.evaluator import (
+    Benchmark,
+    HeldOut,
     ModelEvaluation,
     compare_models,
     evaluate_model,
@@ -28,7 +34,7 @@ from components.evaluate.evaluator import (
     write_model_outputs,
 )
 from components.params import StageContext
-from components.params.evaluate import EvaluateJob
+from components.params.evaluate import EvaluateConfig, EvaluateJob
 from components.report import Artifact, StageReport, write_eval_report, write_json
 from components.shards import atomic_output_dir
 from components.stage_runner import StageIO
@@ -42,6 +48,50 @@ def plotted_metrics(benchmarks: list[str]) -> list[str]:
     return [f"{name}.{metric}" for name in benchmarks for metric in ("pass_at_1", "gold_bpb")] + list(PLOTTED)
 
 
+@dataclass(frozen=True)
+class ModelTask:
+    """One model to evaluate (picklable: it crosses into a worker process)."""
+
+    stage: str
+    model_dir: Path
+    benchmarks: list[Benchmark]
+    held_out: HeldOut
+    config: EvaluateConfig
+    seed: int
+
+    def __call__(self) -> ModelEvaluation:
+        """Load the model and evaluate it."""
+        if not torch.cuda.is_available() and self.config.cpu_threads:
+            torch.set_num_threads(self.config.cpu_threads)
+        model, tokenizer = load_model(self.model_dir)
+        chat = self.stage in self.config.chat_models
+        benchmarks, held_out = self.benchmarks, self.held_out
+        return evaluate_model(
+            str(self.model_dir), model, tokenizer, benchmarks, held_out, self.config, self.seed, chat
+        )
+
+
+def _run_task(task: ModelTask) -> ModelEvaluation:
+    return task()
+
+
+def model_workers(config: EvaluateConfig, models: int) -> int:
+    """Processes that evaluate models at once: ``evaluate.model_workers``, else one per core on CPU
+    (each single-threaded) and one on a GPU."""
+    wanted = config.model_workers or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
+    return max(1, min(wanted, models))
+
+
+def evaluate_all(tasks: list[ModelTask], workers: int) -> list[ModelEvaluation]:
+    """Every task's evaluation, in order: in this process when ``workers`` is 1, else in a pool of
+    spawned processes (the same results: each model's evaluation depends only on its task)."""
+    if workers == 1:
+        return [task() for task in tasks]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_run_task, tasks))
+
+
 def run(job: EvaluateJob, context: StageContext, io: StageIO) -> StageReport:
     """Evaluate each model of ``evaluate.models`` on every benchmark and the held-out repositories."""
     config, seed = job.evaluate, context.seed
@@ -49,20 +99,18 @@ def run(job: EvaluateJob, context: StageContext, io: StageIO) -> StageReport:
     output = io.require_output("evaluate").rstrip("/")
     benchmarks = load_benchmarks(config.benchmarks)
     held_out = read_held_out(io.input("holdout"))
-    if not torch.cuda.is_available() and config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
     report = StageReport(stage="evaluate")
-    evaluations: dict[str, ModelEvaluation] = {}
+    tasks = []
     for stage in config.models:
         model_dir = models_dir / stage
         if not (model_dir / "config.json").exists():
             raise StageError(f"{model_dir}: no exported model (evaluate.models lists {stage!r})")
-        model, tokenizer = load_model(model_dir)
-        evaluations[stage] = evaluate_model(
-            str(model_dir), model, tokenizer, benchmarks, held_out, config, seed, stage in config.chat_models
-        )
+        tasks.append(ModelTask(stage, model_dir, benchmarks, held_out, config, seed))
+    done = evaluate_all(tasks, model_workers(config, len(tasks)))
+    evaluations: dict[str, ModelEvaluation] = dict(zip(config.models, done, strict=True))
+    for stage, evaluation in evaluations.items():
         report.files_in += 1
-        for name, value in evaluations[stage].scores.items():
+        for name, value in evaluation.scores.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 report.metrics[f"{stage}.{name}"] = float(value)
     models = {stage: evaluation.scores for stage, evaluation in evaluations.items()}

@@ -98,6 +98,9 @@ class EvaluateConfig(StrictModel):
     #: torch intra-op threads on CPU (None: torch's default). A small model generates several times
     #: faster on one thread, and the other cores run the sandbox.
     cpu_threads: int | None = Field(1, ge=1)
+    #: Models evaluated at the same time, each in a process of its own (None: one per core on CPU,
+    #: one on a GPU).
+    model_workers: int | None = Field(None, ge=1)
 
     @field_validator("k")
     @classmethod
