@@ -17,7 +17,7 @@ import ast
 import json
 import textwrap
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,23 @@ def _code_block(code: str) -> str:
     return f"```python\n{code.rstrip()}\n```"
 
 
+Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+#: Fields of a statement that hold statements (definitions are only found there).
+STATEMENT_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def definitions(tree: ast.AST) -> Iterator[Definition]:
+    """Every function and class definition of ``tree``, nested ones included, in source order. Only
+    statement lists are walked (expressions hold no definitions): a tenth of ``ast.walk``'s nodes."""
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Definition):
+            yield node
+        children = [child for name in STATEMENT_FIELDS for child in getattr(node, name, ())]
+        pending.extend(reversed(children))
+
+
 def pairs_from_source(source: str, min_body_lines: int = 2) -> list[tuple[str, str]]:
     """``(instruction, response)`` pairs of the documented functions and classes of a Python source."""
     try:
@@ -66,10 +83,8 @@ def pairs_from_source(source: str, min_body_lines: int = 2) -> list[tuple[str, s
         return []
     lines = source.splitlines()
     pairs = []
-    for node in ast.walk(tree):
+    for node in definitions(tree):
         kind = "class" if isinstance(node, ast.ClassDef) else "function"
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            continue
         if ast.get_docstring(node) is None or len(node.body) < 2:
             continue
         docstring_node, rest = node.body[0], node.body[1:]
