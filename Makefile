@@ -11,6 +11,8 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's temporary API: its first start in a fresh venv migrates a database (over 20 s on 2 busy cores).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 

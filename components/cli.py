@@ -10,9 +10,11 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from components.errors import ParamsError, StageError
 from components.params import DEFAULT_PARAMS, TrainingJob, flatten, load_params, read_yaml, yaml_text
+from components.params.evaluate import BenchmarkFormat
 from components.processes import quiet_environment
 
 PROFILES_DIR = Path("infra/profiles")
@@ -453,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     samples.add_argument(
         "--format",
-        choices=["humaneval", "mbpp", "multipl-e", "infilling"],
+        choices=list(get_args(BenchmarkFormat)),
         help="format of --problems (default: detected from its fields)",
     )
     samples.add_argument(

@@ -1,7 +1,7 @@
 """The pipeline DAG as DVC sees it (stages, what each needs and writes), and the DVC commands that run it.
 
 DVC's own index resolves everything ``dvc.yaml`` can express (templating such as
-``models/${register.source}``, ``foreach``/``matrix`` stages, several ``dvc.yaml`` files), so stages
+``models/${register.candidate}``, ``foreach``/``matrix`` stages, several ``dvc.yaml`` files), so stages
 added later are picked up without any change here. :func:`stage_names` and :func:`producer_of` read
 the top ``dvc.yaml`` as plain YAML (no DVC import), for the summary and for error messages.
 """

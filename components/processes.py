@@ -41,8 +41,11 @@ PR_SET_CHILD_SUBREAPER = 36
 GRACE_S = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-#: Telemetry off by default (see docs/operations.md); the user's environment wins.
+#: Telemetry off by default (see docs/operations.md), and Prefect's temporary API given two minutes to
+#: start (its default, 20 s, is too short for the first start of a fresh venv on 2 busy cores, which
+#: migrates its database); the user's environment wins.
 QUIET_ENV = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -59,7 +59,7 @@ def test_config_is_strict() -> None:
         RegisterConfig(compare={"pass_at_1": "up"})
     with pytest.raises(ValidationError):
         RegisterConfig(unknown=1)
-    assert RegisterConfig().source == "sft" and RegisterConfig().promotion.auto is False
+    assert RegisterConfig().candidate == "align" and RegisterConfig().promotion.auto is False
 
 
 def test_tag_and_param_keys_are_valid_mlflow_keys() -> None:

@@ -140,7 +140,7 @@ def register(
     """Run the register stage (in its MLflow stage run) with an eval report; returns its report."""
     eval_path = workdir / "eval.json"
     write_eval_report(eval_path, {"anneal": {"humaneval.pass_at_1": pass_at_1, "val.bpb": 2.0}}, {})
-    config = config or RegisterConfig(source="anneal", max_new_tokens=4)
+    config = config or RegisterConfig(candidate="anneal", max_new_tokens=4)
     params = make_params(model={"name": MODEL}, register=config.model_dump())
     report = workdir / "register.json"
     run_stage(STAGE, params, STAGE.resolve([str(model_dir), str(eval_path)], None), str(report))
@@ -214,7 +214,7 @@ def test_promote_and_rollback_commands_move_champion(workdir: Path, model_dir: P
         workdir,
         model_dir,
         pass_at_1=0.30,
-        config=RegisterConfig(source="anneal", max_new_tokens=4, promotion={"auto": True}),
+        config=RegisterConfig(candidate="anneal", max_new_tokens=4, promotion={"auto": True}),
     )
     assert auto["details"]["aliases"] == ["challenger", "champion"]
 

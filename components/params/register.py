@@ -27,8 +27,9 @@ class RegisterConfig(StrictModel):
     ``min_scores``/``max_scores`` can pass.
     """
 
-    #: Model stage to register: reads ``models/<source>/`` and ``reports/eval.json`` ``models.<source>``.
-    source: str = "sft"
+    #: Model stage to register (default: the last post-training stage): reads ``models/<candidate>/``
+    #: and ``reports/eval.json`` ``models.<candidate>``.
+    candidate: str = "align"
     #: metric -> lowest allowed value (higher is better, e.g. humaneval.pass_at_1); any metric of the
     #: eval report, by name (``humaneval.gold_bpb``, ``line.exact_match``, ``val.python.bpb``...).
     min_scores: dict[str, float] = Field(default_factory=lambda: {"humaneval.pass_at_1": 0.0})

@@ -17,13 +17,23 @@ class SftStageConfig(StrictModel):
     """
 
     name: str
-    #: JSON-lines files of ``{"instruction", "response"}`` or ``{"messages": [...]}``; empty: the mined pairs.
+    #: Where the stage's data comes from: ``mined`` docstring -> body pairs of the training split,
+    #: ``problems`` (the problems stage's tested training problems: prompt -> solution), or ``files``.
+    source: Literal["mined", "problems", "files"] = "mined"
+    #: With ``source: files``: JSON-lines files of ``{"instruction", "response"}`` or ``{"messages"}``
+    #: (decontaminated against evaluate.benchmarks like all training data).
     data: list[str] = Field(default_factory=list)
     epochs: float | None = Field(None, gt=0)
     steps: int | None = Field(None, ge=1)
     lr: float = Field(5e-5, gt=0)
     warmup: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _files_when_files(self) -> "SftStageConfig":
+        if (self.source == "files") != bool(self.data):
+            raise ValueError(f"sft stage {self.name!r}: list data files exactly when source is 'files'")
+        return self
 
     @model_validator(mode="after")
     def _one_length(self) -> "SftStageConfig":
@@ -48,8 +58,8 @@ class SftConfig(StrictModel):
 
     stages: list[SftStageConfig] = Field(
         [
-            SftStageConfig(name="general", steps=20, lr=1e-4, warmup=2),
-            SftStageConfig(name="code", steps=20, lr=5e-5),
+            SftStageConfig(name="general", source="mined", steps=20, lr=1e-4, warmup=2),
+            SftStageConfig(name="code", source="problems", steps=20, lr=5e-5),
         ],
         min_length=1,
     )

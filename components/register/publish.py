@@ -1,7 +1,7 @@
 """Register stage: log the exported model to MLflow, register it, tag it, gate it into challenger/champion.
 
 Decisions (see docs/registry.md):
-- Eval metrics come from ``reports/eval.json`` ``models.<register.source>``; without them every gate on a
+- Eval metrics come from ``reports/eval.json`` ``models.<register.candidate>``; without them every gate on a
   metric fails (closed), so a version without eval results only passes when ``min_scores``/``max_scores``
   are empty.
 - A version that passes the gates gets alias ``challenger``. It also becomes ``champion`` when
@@ -89,11 +89,11 @@ def register_model(job: RegisterJob, model_dir: Path, eval_path: Path) -> StageR
     config = job.register_
     if not (model_dir / "config.json").exists():
         raise StageError(
-            f"{model_dir}: no Hugging Face checkpoint (config.json) from stage {config.source!r}"
+            f"{model_dir}: no Hugging Face checkpoint (config.json) from stage {config.candidate!r}"
         )
     client = mlflow.MlflowClient()
     name = registry.registered_name(job.model_name)
-    metrics = read_eval_metrics(eval_path, config.source)
+    metrics = read_eval_metrics(eval_path, config.candidate)
     champion = registry.alias_version(name, registry.CHAMPION, client)
     champion_metrics = registry.version_metrics(champion, list(config.compare)) if champion else {}
 
@@ -102,7 +102,7 @@ def register_model(job: RegisterJob, model_dir: Path, eval_path: Path) -> StageR
     gates = registry.check_gates(config, metrics, champion_metrics)
     passed = all(gate.passed for gate in gates)
     tags = {registry.metric_tag(metric): repr(value) for metric, value in metrics.items()}
-    tags["source_stage"] = config.source
+    tags["source_stage"] = config.candidate
     if run is None:
         raise StageError("register: no active MLflow run (the stage runner opens one)")
     tags.update(lineage_tags(client, client.get_run(run.info.run_id)))
@@ -143,5 +143,5 @@ def register_model(job: RegisterJob, model_dir: Path, eval_path: Path) -> StageR
 
 
 def run(job: RegisterJob, context: StageContext, io: StageIO) -> StageReport:
-    """Register models/<register.source> in MLflow and gate it into aliases challenger/champion."""
+    """Register models/<register.candidate> in MLflow and gate it into aliases challenger/champion."""
     return register_model(job, Path(io.input("model")), Path(io.input("eval")))

@@ -1,13 +1,16 @@
 """sft stage: instruction tuning of the annealed model (OpenCoder two-stage SFT) on the shared engine.
 
 Inputs (in this order): ``models/anneal`` (the exported model), ``data/tokenize`` (tokenizer, splits and
-the validation data the engine evaluates on) and ``data/clean`` (where the default pairs are mined).
+the validation data the engine evaluates on), ``data/clean`` (where docstring pairs are mined) and
+``data/problems`` (tested problems: OpenCoder's second, practical-coding stage).
 Output: ``models/sft``, a Hugging Face checkpoint with ``training.json``; checkpoints in ``models/sft.ckpt``.
 
 - ``sft.stages`` run in order in one engine run: stage ``k`` trains its ``steps`` (or ``epochs`` over its
   examples) on its own data with its own LR (warmup, then cosine to ``min_lr_ratio * lr``).
-- A stage's data is its JSON-lines files, or, when it lists none, the pairs mined from the training split
-  (``components/sft/mine.py``). Conversations are rendered with the chat template; loss only on the
+- A stage's data (``source``) is the pairs mined from the training split (``components/sft/mine.py``),
+  the problems stage's training problems (evaluation's chat request -> the whole solution in a code
+  block), or the user's JSON-lines files (decontaminated against ``evaluate.benchmarks``).
+  Conversations are rendered with the chat template; loss only on the
   assistant replies unless ``sft.loss_on_prompt`` (``components/sft/data.py``).
 - Batches are ``(input_ids, labels)`` (right-padded with ``<fim_pad>``, labels -100 on prompt and padding),
   so the engine's loss ignores the prompt.
@@ -22,12 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.benchmarks import Problem
+from components.clean.decontam import benchmark_index
 from components.errors import StageError
+from components.evaluate.generate import chat_reply, chat_request
 from components.params import StageContext
 from components.params.sft import SftJob, SftStageConfig
-from components.sft.data import Example, SftBatches, encode_conversation, pair_messages, read_conversations
+from components.problems import read_split
+from components.sft.data import (
+    Example,
+    Message,
+    SftBatches,
+    encode_conversation,
+    pair_messages,
+    read_conversations,
+)
 from components.sft.mine import mine_pairs
-from components.stage_runner import Stage, StageIO
+from components.stage_runner import Input, Stage, StageIO
 from components.tokens.dataset import TokenizedData
 from components.train.losses import Batch
 from components.train.optim import Cosine
@@ -83,11 +97,18 @@ def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, li
     mined = None
     result: dict[str, list[Example]] = {}
     for stage in cfg.stages:
-        if stage.data:
+        if stage.source == "files":
             conversations = [messages for path in stage.data for messages in read_conversations(path)]
+            conversations = decontaminated(conversations, job, details)
+        elif stage.source == "problems":
+            conversations = [
+                problem_messages(problem) for problem in read_split(io.input("problems"), "train")
+            ]
+            if not conversations:
+                raise StageError(f"sft stage {stage.name!r}: {io.input('problems')} has no training problems")
         else:
             if not cfg.mined.enabled:
-                raise StageError(f"sft stage {stage.name!r} lists no data and sft.mined.enabled is false")
+                raise StageError(f"sft stage {stage.name!r} mines pairs but sft.mined.enabled is false")
             if mined is None:
                 pairs, drops = mine_pairs(
                     io.input("documents"), io.input("tokens"), cfg.mined, job.decontam, job.benchmarks
@@ -114,6 +135,27 @@ def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, li
             }
         )
     return result, details
+
+
+def problem_messages(problem: Problem) -> list[Message]:
+    """A tested problem as a conversation: evaluation's chat request, and the whole solution as reply."""
+    code = f"{problem.prompt}{problem.gold or ''}"
+    return pair_messages(chat_request(problem.prompt, problem.language), chat_reply(code, problem.language))
+
+
+def decontaminated(
+    conversations: list[list[Message]], job: SftJob, details: dict[str, Any]
+) -> list[list[Message]]:
+    """The user's conversations that overlap no configured benchmark (the dropped ones are counted)."""
+    if not job.decontam.enabled:
+        return conversations
+    index = benchmark_index(job.decontam, job.benchmarks)
+    kept = [c for c in conversations if index.first_contamination("\n".join(m["content"] for m in c)) is None]
+    drops = details.setdefault("mined_drops", {})
+    drops["user_data_benchmark_overlap"] = (
+        drops.get("user_data_benchmark_overlap", 0) + len(conversations) - len(kept)
+    )
+    return kept
 
 
 def _examples_digest(examples: dict[str, list[Example]]) -> str:
@@ -164,6 +206,8 @@ def train_plan(job: SftJob, context: StageContext, io: StageIO) -> TrainPlan:
     )
 
 
-STAGE = Stage("sft", run_training, inputs=(model_input("anneal"), TOKENS, DOCUMENTS))
+STAGE = Stage(
+    "sft", run_training, inputs=(model_input("anneal"), TOKENS, DOCUMENTS, Input("problems", "dir"))
+)
 
 __all__ = ["STAGE", "StagedBatches", "StagedSchedule", "stage_steps", "train_plan"]

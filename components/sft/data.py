@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ ROLES = ("system", "user", "assistant")
 ASSISTANT = "assistant"
 
 Message = dict[str, str]
+Item = TypeVar("Item")
 
 
 def to_messages(record: dict[str, Any], where: str) -> list[Message]:
@@ -142,33 +143,46 @@ def collate(examples: Sequence[Example], pad_id: int, max_len: int) -> tuple[tor
     return input_ids, labels
 
 
-class SftBatches:
-    """Micro-batches of examples, indexed by micro step (see the module docstring)."""
+class EpochOrder(Generic[Item]):
+    """Items indexed by micro step: epoch ``e`` visits them in a permutation seeded by ``(seed, e)``, so
+    the same arguments always give the same items (the engine's resumable loop needs that)."""
 
-    def __init__(self, examples: Sequence[Example], seed: int, pad_id: int, max_len: int) -> None:
-        if not examples:
-            raise ValueError("no SFT examples")
-        self.examples = list(examples)
-        self.seed, self.pad_id, self.max_len = seed, pad_id, max_len
+    def __init__(self, items: Sequence[Item], seed: int) -> None:
+        if not items:
+            raise ValueError("no training examples")
+        self.items = list(items)
+        self.seed = seed
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.items)
 
     def _order(self, epoch: int) -> np.ndarray:
-        """Epoch ``epoch``'s example order (the two latest epochs are cached: a batch may straddle them)."""
+        """Epoch ``epoch``'s item order (the two latest epochs are cached: a batch may straddle them)."""
         if epoch not in self._orders:
             self._orders = {key: value for key, value in self._orders.items() if key == epoch - 1}
-            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
         return self._orders[epoch]
+
+    def chosen(self, step: int, micro_batch: int, rank: int = 0, world_size: int = 1) -> list[Item]:
+        """The items of micro step ``step`` on ``rank``."""
+        first = (step * world_size + rank) * micro_batch
+        chosen = []
+        for position in range(first, first + micro_batch):
+            epoch, offset = divmod(position, len(self.items))
+            chosen.append(self.items[self._order(epoch)[offset]])
+        return chosen
+
+
+class SftBatches(EpochOrder[Example]):
+    """Micro-batches of examples, indexed by micro step (see the module docstring)."""
+
+    def __init__(self, examples: Sequence[Example], seed: int, pad_id: int, max_len: int) -> None:
+        super().__init__(examples, seed)
+        self.pad_id, self.max_len = pad_id, max_len
 
     def batch(
         self, step: int, micro_batch: int, rank: int = 0, world_size: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The collated examples of micro step ``step`` on ``rank`` (positions in a seeded epoch order)."""
-        first = (step * world_size + rank) * micro_batch
-        chosen = []
-        for position in range(first, first + micro_batch):
-            epoch, offset = divmod(position, len(self.examples))
-            chosen.append(self.examples[self._order(epoch)[offset]])
-        return collate(chosen, self.pad_id, self.max_len)
+        return collate(self.chosen(step, micro_batch, rank, world_size), self.pad_id, self.max_len)

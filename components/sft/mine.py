@@ -1,7 +1,6 @@
 """The default SFT data, mined offline from the curated corpus's training split.
 
-- From every Python document of ``data/clean`` whose id is in the tokenize training split
-  (``train.ids.json``) and whose repo has no document in the validation split, ``ast`` yields:
+- From every Python document of the training split (``components/tokens/splits.py``), ``ast`` yields:
   a function's signature + docstring -> the function (its body), and a class's header + docstring ->
   the class (its methods). Functions and classes whose body after the docstring is shorter than
   ``min_body_lines`` are skipped; files that do not parse are skipped.
@@ -14,20 +13,17 @@
 from __future__ import annotations
 
 import ast
-import json
 import textwrap
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from components.clean.decontam import benchmark_index
-from components.errors import StageError
 from components.params.clean import DecontamConfig
 from components.params.evaluate import BenchmarkSpec
 from components.params.sft import MinedConfig
-from components.shards import iter_tables
-from components.tokens.packing import split_paths, unit_hash
+from components.tokens.packing import unit_hash
+from components.tokens.splits import training_documents
 
 INSTRUCTIONS = {
     "function": "Complete the body of this Python function so that it does what its docstring says.",
@@ -98,14 +94,6 @@ def pairs_from_source(source: str, min_body_lines: int = 2) -> list[tuple[str, s
     return pairs
 
 
-def split_ids(data_dir: str, split: str) -> list[str]:
-    """Document ids of a tokenize split (``<data_dir>/<split>.ids.json``)."""
-    path = split_paths(data_dir, split)["ids"]
-    if not path.is_file():
-        raise StageError(f"{path}: missing (did the tokenize stage run?)")
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def mine_pairs(
     clean_dir: str,
     data_dir: str,
@@ -114,16 +102,10 @@ def mine_pairs(
     benchmarks: Sequence[BenchmarkSpec],
 ) -> tuple[list[MinedPair], Counter]:
     """The mined pairs (see the module docstring) and the count of what was dropped, by reason."""
-    train_ids, val_ids = set(split_ids(data_dir, "train")), set(split_ids(data_dir, "val"))
-    columns = ["id", "repo", "lang", "content"]
-    documents = [row for table in iter_tables(clean_dir, columns=columns) for row in table.to_pylist()]
-    val_repos = {row["repo"] for row in documents if row["id"] in val_ids}
     index = benchmark_index(decontam, benchmarks)
     drops: Counter = Counter()
     pairs: dict[tuple[str, str], MinedPair] = {}
-    for row in sorted(documents, key=lambda row: row["id"]):
-        if row["id"] not in train_ids or row["repo"] in val_repos or row["lang"] != "python":
-            continue
+    for row in training_documents(clean_dir, data_dir, "python"):
         for instruction, response in pairs_from_source(row["content"], config.min_body_lines):
             if (instruction, response) in pairs:
                 drops["duplicate_pair"] += 1

@@ -35,7 +35,7 @@ from components.params import StageContext, TrainingJob
 from components.params.training import TrainConfig
 from components.tracking import RunLogger
 from components.train import checkpoint, metrics
-from components.train.losses import Batch, TrainLoss
+from components.train.losses import Batch, RankedBatch, TrainLoss
 from components.train.plan import TrainPlan
 from components.train.validate import bits_per_byte, sequence_nats, spread_indices
 
@@ -97,7 +97,9 @@ def eval_indices(num_sequences: int, train: TrainConfig, rank: int, world: int) 
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    """A batch (tensor or ``(input_ids, labels)``) on ``device``."""
+    """A batch (tensor, ``(input_ids, labels)`` or ranked responses) on ``device``."""
+    if isinstance(batch, RankedBatch):
+        return batch.to(device)
     if isinstance(batch, tuple):
         return (batch[0].to(device), batch[1].to(device))
     return batch.to(device)
@@ -124,37 +126,53 @@ def accumulate_window(
 
 
 class LossMeter:
-    """Summed loss and targets of all ranks since the last log: its mean is the interval's loss per target.
+    """Summed loss (and the loss's named parts) and targets of all ranks since the last log: its mean is
+    the interval's loss per target.
 
     ``totals()`` goes into checkpoints, so a resumed run logs the same interval means as an uninterrupted
-    one. Steps' sums are kept on the device until a log (no sync per step).
+    one (the parts of an interval cut by a resume are logged from the resume on). Steps' sums are kept on
+    the device until a log (no sync per step).
     """
 
     def __init__(self, device: torch.device, carried_sum: float = 0.0, carried_targets: float = 0.0) -> None:
         self.device = device
         self.pending: list[torch.Tensor] = []
+        self.pending_parts: dict[str, list[torch.Tensor]] = {}
         self.pending_targets = 0.0
         self.carried_sum, self.carried_targets = carried_sum, carried_targets
+        self.carried_parts: dict[str, float] = {}
 
-    def add(self, loss_sum: torch.Tensor, global_targets: float) -> None:
-        """Record one step: this rank's summed loss and the window's target count over all ranks."""
+    def add(
+        self, loss_sum: torch.Tensor, global_targets: float, parts: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Record one step: this rank's summed loss (and named parts) and the window's target count over
+        all ranks."""
         self.pending.append(loss_sum.detach().float())
+        for name, value in (parts or {}).items():
+            self.pending_parts.setdefault(name, []).append(value.detach().float())
         self.pending_targets += global_targets
 
     def totals(self) -> tuple[float, float]:
         """Summed loss (all ranks) and targets since the last log. Call on every rank."""
         if self.pending:
-            local = torch.stack(self.pending).sum().item()
-            self.carried_sum += all_reduce_sum([local], self.device)[0]
+            names = sorted(self.pending_parts)
+            local = [torch.stack(self.pending).sum().item()]
+            local += [torch.stack(self.pending_parts[name]).sum().item() for name in names]
+            summed = all_reduce_sum(local, self.device)
+            self.carried_sum += summed[0]
+            for name, value in zip(names, summed[1:], strict=True):
+                self.carried_parts[name] = self.carried_parts.get(name, 0.0) + value
             self.carried_targets += self.pending_targets
-            self.pending, self.pending_targets = [], 0.0
+            self.pending, self.pending_parts, self.pending_targets = [], {}, 0.0
         return self.carried_sum, self.carried_targets
 
-    def pop_mean(self) -> float:
-        """The loss per target since the last log; starts a new interval. Call on every rank."""
+    def pop_means(self) -> dict[str, float]:
+        """The loss per target since the last log (``loss``) and each part's; starts a new interval.
+        Call on every rank."""
         total, targets = self.totals()
-        self.carried_sum, self.carried_targets = 0.0, 0.0
-        return total / targets if targets else float("nan")
+        sums = {"loss": total, **self.carried_parts}
+        self.carried_sum, self.carried_targets, self.carried_parts = 0.0, 0.0, {}
+        return {name: value / targets if targets else float("nan") for name, value in sums.items()}
 
 
 def _stop_after() -> int | None:
@@ -268,18 +286,8 @@ class Trainer:
     def train_step(self, step: int) -> None:
         """One optimizer step: the window's summed loss over its targets (all ranks), then the update."""
         window = self.window(step)
-        targets = all_reduce_sum(
-            [float(sum(self.plan.loss.targets(batch) for batch in window))], self.device
-        )[0]
-        # DeepSpeed averages gradients over ranks: each rank divides by the window's targets per rank.
-        per_rank = max(targets, 1.0) / self.world
-        step_sum = torch.zeros((), device=self.device)
-        for batch in window:
-            loss_sum = self.plan.loss(self.engine, batch)
-            self.engine.backward(loss_sum / per_rank, scale_wrt_gas=False)
-            self.engine.step()  # at the accumulation boundary: clip, optimizer step, LR schedule step
-            step_sum += loss_sum.detach()
-        self.loss_meter.add(step_sum, targets)
+        step_sum, targets = accumulate_window(self.engine, window, self.plan.loss, self.device, self.world)
+        self.loss_meter.add(step_sum, targets, self.plan.loss.pop_parts())
         self.throughput.step()
 
     def validate(self, step: int) -> dict[str, float]:
@@ -308,11 +316,11 @@ class Trainer:
         self.logger.log_metrics(step, shown)
 
     def log_training(self, done: int, lr: float) -> None:
-        """Log the interval's loss per target, LR, gradient norm, tokens/s and MFU."""
-        loss = self.loss_meter.pop_mean()
+        """Log the interval's loss per target (and its parts), LR, gradient norm, tokens/s and MFU."""
+        losses = self.loss_meter.pop_means()
         tokens_per_s = self.throughput.lap()
         grad_norm = self.engine.get_global_grad_norm()
-        entry = {"loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm)}
+        entry = {**losses, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm)}
         self.history["train"].append({"step": done, **entry})
         mfu = metrics.mfu(tokens_per_s, self.flops_token, self.world, self.peak)
         peak_mem = metrics.peak_memory_bytes(self.device)

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     job = TRAINING_JOBS[args.stage].model_validate(payload["job"])
     context = StageContext.model_validate(payload["context"])
     stage = importlib.import_module(f"components.{args.stage}")
-    io = stage.STAGE.resolve(args.input, args.output)
+    # A stage whose ranks read other inputs than the stage itself (align's iterations) says so.
+    io = getattr(stage, "WORKER_STAGE", stage.STAGE).resolve(args.input, args.output)
     try:
         train(job, context, stage.train_plan(job, context, io))
     except SystemExit as exc:
