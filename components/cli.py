@@ -90,6 +90,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from components.report import read_eval_report
     from components.summary import (
+        format_alignment_summary,
         format_eval_summary,
         format_model_summary,
         format_registry_summary,
@@ -105,6 +106,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     sections = (
         format_model_summary(reports),
         format_eval_summary(read_eval_report()),
+        format_alignment_summary(reports),
         format_registry_summary(reports),
     )
     for section in sections:

@@ -135,6 +135,44 @@ def format_eval_summary(eval_report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The alignment figures of the summary: (report metric suffix, row title, format).
+ALIGNMENT_ROWS = [
+    ("heldout_pass_rate", "held-out pass rate (greedy)", "{:.1%}"),
+    ("ranking_accuracy", "ranking accuracy", "{:.1%}"),
+    ("heldout_rank_loss", "held-out ranking loss", "{:.4f}"),
+    ("heldout_sft_loss", "held-out SFT loss", "{:.3f}"),
+]
+
+
+def format_alignment_summary(reports: dict[str, dict[str, Any]]) -> str:
+    """The problems the chain tested and the policy before (sft) and after alignment on the held-out
+    problems, with the pass rate's interval; empty without an align report."""
+    metrics = reports.get("align", {}).get("metrics") or {}
+    if not any(key.startswith("before.") for key in metrics):
+        return ""
+    lines = []
+    problems = reports.get("problems", {}).get("metrics") or {}
+    if problems:
+        train, heldout = problems.get("problems_train", 0), problems.get("problems_heldout", 0)
+        passing = problems.get("canonical_pass_rate", 0)
+        lines.append(
+            f"problems: {train:.0f} train, {heldout:.0f} held out; "
+            f"canonical solutions passing their own tests: {passing:.0%}"
+        )
+    lines.append(f"{'alignment (held-out problems)':<30} {'before (sft)':>24} {'after (align)':>24}")
+    for key, title, fmt in ALIGNMENT_ROWS:
+        cells = []
+        for when in ("before", "after"):
+            value = metrics.get(f"{when}.{key}")
+            low, high = metrics.get(f"{when}.{key}.ci_low"), metrics.get(f"{when}.{key}.ci_high")
+            cell = "-" if value is None else fmt.format(value)
+            if value is not None and low is not None and high is not None:
+                cell += f" [{fmt.format(low)}, {fmt.format(high)}]"
+            cells.append(cell)
+        lines.append(f"{title:<30} {cells[0]:>24} {cells[1]:>24}")
+    return "\n".join(lines)
+
+
 def format_registry_summary(reports: dict[str, dict[str, Any]]) -> str:
     """The registered model version, its aliases and gate outcome, and how to serve the champion."""
     details = reports.get("register", {}).get("details") or {}

@@ -240,6 +240,7 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     """The ``pipeline-summary`` artifact: outcome, eval scores and the registered model version."""
     from components.report import read_eval_report
     from components.summary import (
+        format_alignment_summary,
         format_eval_summary,
         format_model_summary,
         format_registry_summary,
@@ -262,6 +263,8 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     scores = format_eval_summary(read_eval_report(root / "reports" / "eval.json"))
     lines += ["## Models", "", f"```\n{trained}\n```" if trained else "None trained yet.", ""]
     lines += ["## Eval scores", "", f"```\n{scores}\n```" if scores else "No evaluation yet.", ""]
+    aligned = format_alignment_summary(reports)
+    lines += ["## Alignment", "", f"```\n{aligned}\n```" if aligned else "No alignment yet.", ""]
     registered = format_registry_summary(reports)
     lines += ["## Registered model", "", f"```\n{registered}\n```" if registered else "None registered.", ""]
     return "\n".join(lines)

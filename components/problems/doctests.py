@@ -115,6 +115,8 @@ def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[D
     """The problems of one Python source (``name`` prefixes their task ids) and the functions with
     examples that were skipped, by reason; nothing when it does not parse."""
     skipped: Counter = Counter()
+    if ">>>" not in source:  # most files: no examples, no parse
+        return [], skipped
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
