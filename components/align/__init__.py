@@ -40,10 +40,10 @@ from components.params import StageContext
 from components.params.align import AlignJob
 from components.problems import read_split
 from components.report import StageReport
-from components.sft.data import EpochOrder, Example, collate
 from components.stage_runner import Input, Stage, StageIO
 from components.tokens.dataset import TokenizedData, read_index
 from components.tracking import RunLogger
+from components.train.batches import EpochOrder, Example, collate
 from components.train.launch import launch
 from components.train.losses import RankedBatch, RankingLoss, response_logprobs
 from components.train.optim import Cosine

@@ -19,8 +19,8 @@ from components.evaluate.evaluator import model_prompt
 from components.evaluate.generate import Decoding, extract_code, generate
 from components.evaluate.sandbox import run_programs
 from components.params.evaluate import SandboxLimits
-from components.sft.data import IGNORE_INDEX, Example
 from components.tokens.tokenizer import IM_END
+from components.train.batches import IGNORE_INDEX, Example
 
 #: Prompts generated together.
 BATCH_SIZE = 32
