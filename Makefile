@@ -22,9 +22,12 @@ setup: $(STAMP)
 
 # torch first: pinned to the CPU wheel resolvable here; then the project with the full pin set. uv
 # installs the same pins in seconds (pip takes minutes); pip does it where uv cannot be had. uv reads
-# neither pip's config nor PIP_FIND_LINKS, so a local wheel directory is passed on.
+# neither pip's config nor PIP_FIND_LINKS, so a local wheel directory is passed on; and it compiles
+# bytecode only when asked (as pip does by default): without .pyc files, where PYTHONDONTWRITEBYTECODE
+# is set, every process would compile torch, mlflow and dvc from source at each start.
 PIP_INSTALL = $(BIN)/python -m pip install --quiet
-UV_INSTALL = $(BIN)/python -m uv pip install --quiet --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+UV_INSTALL = $(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python \
+	$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -90,6 +90,7 @@ EVAL_SETTINGS = {
     ],
     "models": ["pretrain"],
     "max_new_tokens": 16,
+    "sampling": True,
     "n_samples": 2,
     "k": [1, 2],
     "holdout_tokens": 3000,
