@@ -97,3 +97,20 @@ def test_registry_lines_name_version_aliases_and_serve_command() -> None:
     failed = format_registry_summary({"register": {"details": {**details, "aliases": []}}})
     assert "gates failed" in failed
     assert format_registry_summary({}) == ""
+
+
+def test_alignment_summary_shows_the_held_out_figures_before_and_after_with_intervals() -> None:
+    from components.summary import format_alignment_summary
+
+    align = {
+        "before.heldout_pass_rate": 0.25, "before.heldout_pass_rate.ci_low": 0.0,
+        "before.heldout_pass_rate.ci_high": 0.5, "after.heldout_pass_rate": 0.5,
+        "after.heldout_pass_rate.ci_low": 0.25, "after.heldout_pass_rate.ci_high": 0.75,
+        "before.ranking_accuracy": 0.4, "after.ranking_accuracy": 0.8,
+    }  # fmt: skip
+    problems = {"problems_train": 14, "problems_heldout": 9, "canonical_pass_rate": 0.85}
+    text = format_alignment_summary({"align": {"metrics": align}, "problems": {"metrics": problems}})
+    assert "14 train, 9 held out" in text and "85%" in text
+    assert "25.0% [0.0%, 50.0%]" in text and "50.0% [25.0%, 75.0%]" in text
+    assert "40.0%" in text and "80.0%" in text
+    assert format_alignment_summary({"sft": {"metrics": {}}}) == ""
