@@ -9,7 +9,7 @@ preference); two policy samples of one level stay tied (no pair is trained betwe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 LEVELS = {"syntax": 0, "error": 1, "timeout": 1, "memory": 1, "failed": 2, "passed": 3}
@@ -51,27 +51,23 @@ def ranked(responses: Sequence[Response]) -> list[Response]:
     return sorted(responses, key=lambda response: -response.score)
 
 
+def ranked_pairs(logprobs: Sequence[float], scores: Sequence[float]) -> Iterator[tuple[float, float]]:
+    """``(p_better, p_worse)`` for every pair of responses whose scores differ."""
+    for i, (logprob_i, score_i) in enumerate(zip(logprobs, scores, strict=True)):
+        for logprob_j, score_j in zip(logprobs[i + 1 :], scores[i + 1 :], strict=True):
+            if score_i > score_j:
+                yield logprob_i, logprob_j
+            elif score_j > score_i:
+                yield logprob_j, logprob_i
+
+
 def ranking_pairs(logprobs: Sequence[float], scores: Sequence[float]) -> tuple[int, int]:
     """``(agreeing, pairs)``: of the pairs of responses whose scores differ, those where the
     better-scored response is also the more likely one (ties in likelihood do not agree)."""
-    agreeing = pairs = 0
-    for i, (logprob_i, score_i) in enumerate(zip(logprobs, scores, strict=True)):
-        for logprob_j, score_j in zip(logprobs[i + 1 :], scores[i + 1 :], strict=True):
-            if score_i == score_j:
-                continue
-            pairs += 1
-            better, worse = (logprob_i, logprob_j) if score_i > score_j else (logprob_j, logprob_i)
-            agreeing += better > worse
-    return agreeing, pairs
+    pairs = list(ranked_pairs(logprobs, scores))
+    return sum(better > worse for better, worse in pairs), len(pairs)
 
 
 def hinge(logprobs: Sequence[float], scores: Sequence[float]) -> float:
     """RRHF's ranking loss of one problem: ``max(0, p_worse - p_better)`` summed over its pairs."""
-    total = 0.0
-    for i, (logprob_i, score_i) in enumerate(zip(logprobs, scores, strict=True)):
-        for logprob_j, score_j in zip(logprobs[i + 1 :], scores[i + 1 :], strict=True):
-            if score_i < score_j:
-                total += max(0.0, logprob_i - logprob_j)
-            elif score_j < score_i:
-                total += max(0.0, logprob_j - logprob_i)
-    return total
+    return sum((max(0.0, worse - better) for better, worse in ranked_pairs(logprobs, scores)), 0.0)
