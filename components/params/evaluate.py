@@ -55,18 +55,9 @@ def default_benchmarks() -> list[BenchmarkSpec]:
 
 
 class SandboxLimits(StrictModel):
-    """How generated (or mined) programs run: the sandbox's limits and isolation (``evaluate:``'s)."""
+    """How generated (or mined) programs run: the sandbox's limits and isolation. ``evaluate:`` holds
+    them; the problems and align stages run programs with the same ones."""
 
-    timeout_s: float = Field(3.0, gt=0)
-    memory_mb: int = Field(1024, ge=64)
-    workers: int = Field(2, ge=1)
-    isolation: Literal["auto", "namespaces", "seccomp", "none"] = "auto"
-
-
-class EvaluateConfig(StrictModel):
-    """What is evaluated, the sandbox's limits, decoding, and the smooth metrics."""
-
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)
     #: Wall-clock limit per program (seconds), from the start of the program to its end (compile steps
     #: of compiled languages have their own limit, in the language table).
     timeout_s: float = Field(3.0, gt=0)
@@ -78,6 +69,12 @@ class EvaluateConfig(StrictModel):
     #: allows (``namespaces``: no network, no host files or processes; ``seccomp``: no network;
     #: ``none``), warning loudly below ``namespaces``; a level by name requires it.
     isolation: Literal["auto", "namespaces", "seccomp", "none"] = "auto"
+
+
+class EvaluateConfig(SandboxLimits):
+    """What is evaluated, the sandbox's limits (:class:`SandboxLimits`), decoding, and the smooth metrics."""
+
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=default_benchmarks)
     #: Samples per problem for pass@k (greedy pass@1 needs one).
     n_samples: int = Field(20, ge=1)
     k: list[int] = Field(default_factory=lambda: [1, 10])
@@ -113,9 +110,7 @@ class EvaluateConfig(StrictModel):
 
     def sandbox(self) -> SandboxLimits:
         """The sandbox settings, for the stages that run programs as evaluation does (problems, align)."""
-        return SandboxLimits(
-            timeout_s=self.timeout_s, memory_mb=self.memory_mb, workers=self.workers, isolation=self.isolation
-        )
+        return SandboxLimits(**self.model_dump(include=set(SandboxLimits.model_fields)))
 
     @field_validator("k")
     @classmethod
