@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -123,6 +125,11 @@ def make_dvc_project(
         dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
         dvc_yaml["stages"] = {name: dvc_yaml["stages"][name] for name in stages}
         (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+        lock_path = root / "dvc.lock"
+        if lock_path.exists():  # the project's lock keeps only the stages that remain
+            lock = yaml.safe_load(lock_path.read_text())
+            lock["stages"] = {name: entry for name, entry in lock["stages"].items() if name in stages}
+            lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
 
     env = {
         **os.environ,
@@ -206,7 +213,49 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer within {timeout_s}s")
+
+
+@contextlib.contextmanager
+def running_mlflow_server(root: Path) -> Iterator[str]:
+    """``mlflow server`` on 127.0.0.1 (sqlite + proxied artifacts under ``root``) with an experiment
+    ``codemill``; MLFLOW_TRACKING_URI points at it while the block runs. Stopped by PID after it."""
+    import sys
+
+    import mlflow
+
+    from components.processes import kill_group
+    from components.train.launch import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
+    command += [
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc, timeout_s=120)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", url)
+            mlflow.set_tracking_uri(url)
+            mlflow.MlflowClient().create_experiment("codemill")  # server default: mlflow-artifacts:/
+            yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        kill_group(proc.pid)  # whatever the server left behind
