@@ -331,14 +331,60 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from components.register.serve import serve
+    from components.register.registry import connect, registered_name
+    from components.serve import serve
+    from components.serve.models import ModelSource
     from components.tracking import tracking_uri
 
     try:
         params = load_params(args.params)
-    except ParamsError as exc:
+        config = params.serve.model_copy(
+            update={
+                key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None
+            }
+        )
+        source = ModelSource(args.model or f"models:/{registered_name(params.model.name)}@{config.alias}")
+        if source.registered:
+            connect(tracking_uri(params.tracking))
+        return serve(source, config, args.attribution)
+    except (ParamsError, StageError) as exc:
         return _fail("serve", exc)
-    return serve(args.model or params.model.name, args.port, args.host, tracking_uri(params.tracking))
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from components.serve.quantize import quantize_version
+
+    def action() -> str:
+        name, _ = _registry_target(args)
+        params = load_params(args.params)
+        version = quantize_version(
+            name, args.version, args.method, params.register_.max_new_tokens, params.tracking.experiment
+        )
+        return f"{name}: version {version} = version {args.version} quantized with {args.method}"
+
+    return _run_registry("quantize", action)
+
+
+def _cmd_attribute(args: argparse.Namespace) -> int:
+    from components.attribution import AttributionIndex
+
+    try:
+        index = AttributionIndex.load(args.index)
+        snippet = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        return _fail("attribute", StageError(f"{args.file}: cannot read ({exc.strerror})"))
+    except StageError as exc:
+        return _fail("attribute", exc)
+    matches = index.query(snippet, top_k=args.top_k, threshold=args.threshold)
+    if args.json:
+        print(json.dumps([match.as_dict() for match in matches], indent=2))
+    elif not matches:
+        print(
+            f"no training file resembles it (estimated Jaccard < {args.threshold or index.shape.threshold})"
+        )
+    for match in [] if args.json else matches:
+        print(f"{match.jaccard:.2f}  {match.repo}  {match.path}  (licence: {match.license or 'unknown'})")
+    return 0
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -497,11 +543,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry_options(rollback)
     rollback.set_defaults(func=_cmd_rollback)
 
-    serve = commands.add_parser("serve", help="serve models:/codemill-<name>@champion (foreground)")
-    serve.add_argument("--model", default=None, help="model.name to serve (default: from params)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=5001, help="port (default: 5001)")
+    serve = commands.add_parser("serve", help="OpenAI/TGI server for the champion, following its alias")
+    serve.add_argument(
+        "--model",
+        default=None,
+        help="models:/NAME@ALIAS (followed), models:/NAME/VERSION or a checkpoint folder "
+        "(default: models:/codemill-<model.name>@<serve.alias>)",
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
+    serve.add_argument("--attribution", default=None, help="attribution index folder for /v1/attribution")
     serve.set_defaults(func=_cmd_serve)
+
+    from components.serve.quantize import METHODS
+
+    quantize = commands.add_parser("quantize", help="register a quantized variant of a model version")
+    quantize.add_argument("version", help="model version to quantize")
+    quantize.add_argument("--method", choices=METHODS, default="int8", help="quantization (default: int8)")
+    quantize.add_argument("--model", default=None, help="model.name to act on (default: from params)")
+    quantize.set_defaults(func=_cmd_quantize, user=None)
+
+    attribute = commands.add_parser("attribute", help="training files that a snippet resembles")
+    attribute.add_argument("file", help="file with the snippet, or - for stdin")
+    attribute.add_argument(
+        "--index", default="data/attribution", help="index folder (default: data/attribution)"
+    )
+    attribute.add_argument(
+        "--top-k", type=int, default=None, help="matches to show (default: attribution.top_k)"
+    )
+    attribute.add_argument("--threshold", type=float, default=None, help="least estimated Jaccard")
+    attribute.add_argument("--json", action="store_true", help="print JSON")
+    attribute.set_defaults(func=_cmd_attribute)
 
     from components.ablation import DEFAULT_KEY, DEFAULT_VALUES
 

@@ -365,7 +365,34 @@ async def pipeline(
     tracking.close_parent_run(parent, table, "FAILED" if failures else "FINISHED")
     if failures:
         raise PipelineFailed("\n\n".join(failures))
+    pending = pending_approval(root, params)
+    if pending is not None:
+        from flows.approval import approve_promotion
+
+        promotion = params.register_.promotion
+        await approve_promotion(
+            *pending, tracking.tracking_uri(params.tracking, root), promotion.approval_timeout_s
+        )
     return table
+
+
+def pending_approval(root: Path, params: Params) -> tuple[str, str] | None:
+    """``(registered name, version)`` when approval is on and the registered version awaits it."""
+    if not params.register_.promotion.approval:
+        return None
+    from components.register import registry
+    from components.report import read_report
+
+    report_path = root / "reports" / "register.json"
+    if not report_path.exists():
+        return None
+    details = read_report(report_path).get("details", {})
+    name, version = details.get("model"), details.get("version")
+    if not name or not version:
+        return None
+    registry.connect(tracking.tracking_uri(params.tracking, root))
+    tags = registry.version_tags(name, str(version))
+    return (name, str(version)) if tags.get(registry.TAG_APPROVAL) == registry.PENDING else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,35 +1,25 @@
 """Register stage end to end against a REAL MLflow tracking server (one per module; ~15 s to start).
 
 register -> aliases -> load ``models:/codemill-<name>@champion``; a worse model gets no alias; promote and
-rollback move ``champion`` with who/why tags; ``codemill serve`` answers POST /invocations.
+rollback move ``champion`` with who/why tags; the server's own tests are in tests/test_serve.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
-import requests
 
 from components.cli import main as cli_main
 from components.params.register import RegisterConfig
-from components.processes import kill_group
 from components.register import STAGE
 from components.register import registry as reg
 from components.report import read_report, write_eval_report
 from components.stage_runner import run_stage
 from components.tracking import PARENT_RUN_ENV, TAG_OUT_MD5, TAG_STAGE
-from tests.conftest import PROJECT_ROOT, make_params, wait_http
+from tests.conftest import PROJECT_ROOT, make_params, running_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -38,50 +28,11 @@ NAME = f"codemill-{MODEL}"
 ANNEAL_MD5 = "0123456789abcdef0123456789abcdef.dir"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1 with sqlite + proxied artifacts; MLFLOW_TRACKING_URI points at it."""
-    import mlflow
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
-    command += [
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", proc, timeout_s=120)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", url)
-            mlflow.set_tracking_uri(url)
-            mlflow.MlflowClient().create_experiment(
-                "codemill"
-            )  # server default: mlflow-artifacts:/ (proxied)
-            yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        kill_group(proc.pid)  # whatever the server left behind
+    """A real MLflow tracking server for this module; MLFLOW_TRACKING_URI points at it."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -217,26 +168,3 @@ def test_promote_and_rollback_commands_move_champion(workdir: Path, model_dir: P
         config=RegisterConfig(candidate="anneal", max_new_tokens=4, promotion={"auto": True}),
     )
     assert auto["details"]["aliases"] == ["challenger", "champion"]
-
-
-def test_serve_answers_post_and_leaves_no_process(server: str, workdir: Path, model_dir: Path) -> None:
-    if reg.alias_version(NAME, reg.CHAMPION) is None:  # run on its own (-k serve)
-        register(workdir, model_dir, pass_at_1=0.10)
-    port = free_port()
-    code = "import sys; from components.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
-    command = [sys.executable, "-c", code, "--model", MODEL, "--port", str(port)]
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": server})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout_s=180)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        body = {"inputs": ["def add(a, b):"], "params": {"max_new_tokens": 3}}
-        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
-        assert answer.status_code == 200, answer.text
-        predictions = answer.json()["predictions"]
-        assert len(predictions) == 1 and isinstance(predictions[0], str) and predictions[0]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        exit_code = proc.wait(timeout=30)
-    assert exit_code in (0, 128 + signal.SIGTERM)
-    time.sleep(0.5)
-    assert children and not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

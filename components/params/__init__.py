@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from components.errors import ParamsError
 from components.params.align import AlignConfig, AlignJob
 from components.params.anneal import AnnealConfig, AnnealJob
+from components.params.attribution import AttributionConfig, AttributionJob
 from components.params.base import StrictModel
 from components.params.clean import CleanConfig, CleanJob
 from components.params.curate import CurateConfig
@@ -34,6 +35,7 @@ from components.params.ingest import IngestConfig
 from components.params.pretrain import PretrainConfig, PretrainJob
 from components.params.problems import ProblemsConfig, ProblemsJob
 from components.params.register import RegisterConfig, RegisterJob
+from components.params.serve import ServeConfig
 from components.params.sft import SftConfig, SftJob
 from components.params.shared import (
     DataConfig,
@@ -93,6 +95,8 @@ class Params(StrictModel):
     align: AlignConfig = AlignConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    attribution: AttributionConfig = AttributionConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
@@ -149,6 +153,7 @@ STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
     "align": lambda p: AlignJob(model=p.model, train=p.train, align=p.align, sandbox=p.evaluate.sandbox()),
     "evaluate": lambda p: EvaluateJob(evaluate=p.evaluate),
     "register": lambda p: RegisterJob(register_=p.register_, model_name=p.model.name),
+    "attribution": lambda p: AttributionJob(attribution=p.attribution, dedup=p.dedup),
 }
 
 #: The job class of each training stage (the worker rebuilds the job from its JSON).

@@ -16,6 +16,11 @@ class PromotionConfig(StrictModel):
 
     #: Make every version that passes the gates the champion. Off: only the first one (no champion yet).
     auto: bool = False
+    #: A person approves each promotion: the pipeline flow pauses (Prefect ``wait_for_input``) with the
+    #: candidate's evaluation table until someone approves or rejects it in the Prefect UI.
+    approval: bool = False
+    #: How long the paused flow run waits for the decision; then it fails and nothing moves.
+    approval_timeout_s: int = Field(86_400, ge=1)
 
 
 class RegisterConfig(StrictModel):

@@ -62,11 +62,17 @@ def signature(max_new_tokens: int) -> Any:
 
 def log_model(model_dir: Path, name: str, max_new_tokens: int) -> str:
     """Log the HF checkpoint in ``model_dir`` to the active run and register it; returns the version."""
-    import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return log_loaded_model(model, AutoTokenizer.from_pretrained(model_dir), name, max_new_tokens)
+
+
+def log_loaded_model(model: Any, tokenizer: Any, name: str, max_new_tokens: int) -> str:
+    """Log a loaded model and tokenizer (transformers flavor) to the active run and register them as a
+    new version of ``name``; returns the version."""
+    import mlflow
+
     info = mlflow.transformers.log_model(
         {"model": model, "tokenizer": tokenizer},
         name="model",
@@ -112,7 +118,9 @@ def register_model(job: RegisterJob, model_dir: Path, eval_path: Path) -> StageR
 
     if passed:
         client.set_registered_model_alias(name, registry.CHALLENGER, version)
-        if config.promotion.auto or champion is None:
+        if config.promotion.approval:  # a person decides, in the pipeline flow (flows/approval.py)
+            client.set_model_version_tag(name, version, registry.TAG_APPROVAL, registry.PENDING)
+        elif config.promotion.auto or champion is None:
             why = "promotion.auto" if config.promotion.auto else "first version to pass the gates"
             registry.promote(
                 name, version, f"passed gates ({why})", "codemill register", client, action="auto"

@@ -37,6 +37,13 @@ TAG_PREVIOUS = "champion.previous"  # the champion this version replaced when it
 TAG_REPLACED = "champion.replaced"  # the champion a rollback to this version replaced
 TAG_ROLLED_BACK_BY = "champion.rolled_back_by"
 TAG_ROLLED_BACK_REASON = "champion.rolled_back_reason"
+#: Promotion by approval (``register.promotion.approval``): pending | approved | rejected, who, why, when.
+TAG_APPROVAL = "approval.status"
+TAG_APPROVAL_BY = "approval.by"
+TAG_APPROVAL_REASON = "approval.reason"
+TAG_APPROVAL_AT = "approval.at"
+TAG_APPROVAL_FLOW_RUN = "approval.flow_run"
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 
 class RegistryError(StageError):
@@ -220,6 +227,61 @@ def promote(
     }
     _set_tags(client, name, target.version, tags)
     return previous_version
+
+
+def version_tags(name: str, version: str, client: MlflowClient | None = None) -> dict[str, str]:
+    """The tags of version ``version`` of ``name``."""
+    return dict(_client(client).get_model_version(name, str(version)).tags)
+
+
+def approval_table(name: str, version: str, client: MlflowClient | None = None) -> str:
+    """Markdown for the reviewer: the candidate's eval tags beside the champion's, and its gates."""
+    client = _client(client)
+    candidate = client.get_model_version(name, str(version))
+    champion = alias_version(name, CHAMPION, client)
+    against = f"champion v{champion.version}" if champion else "champion (none)"
+    lines = [
+        f"### Promote {name} version {version} to `{CHAMPION}`?",
+        "",
+        f"| metric | candidate v{version} | {against} |",
+        "| --- | --- | --- |",
+    ]
+    for key in sorted(tag for tag in candidate.tags if tag.startswith(TAG_EVAL)):
+        theirs = champion.tags.get(key, "") if champion else ""
+        lines.append(f"| {key[len(TAG_EVAL) :]} | {candidate.tags[key]} | {theirs} |")
+    failed = candidate.tags.get(TAG_GATES_FAILED)
+    lines += [
+        "",
+        f"Gates passed: {candidate.tags.get(TAG_GATES_PASSED, 'n/a')}"
+        + (f" (failed: {failed})" if failed else ""),
+    ]
+    return "\n".join(lines)
+
+
+def decide_promotion(
+    name: str,
+    version: str,
+    approve: bool,
+    reviewer: str,
+    reason: str,
+    flow_run: str = "",
+    client: MlflowClient | None = None,
+) -> str | None:
+    """Record a person's decision on promoting ``version``; an approval moves ``champion`` to it (the
+    gates still apply), a rejection leaves the champion as it is. Returns the champion afterwards."""
+    client = _client(client)
+    tags = {
+        TAG_APPROVAL: APPROVED if approve else REJECTED,
+        TAG_APPROVAL_BY: reviewer,
+        TAG_APPROVAL_REASON: reason,
+        TAG_APPROVAL_AT: _now(),
+        TAG_APPROVAL_FLOW_RUN: flow_run,
+    }
+    _set_tags(client, name, version, tags)
+    if approve:
+        promote(name, version, f"approved: {reason}", reviewer, client, action="approved")
+    champion = alias_version(name, CHAMPION, client)
+    return str(champion.version) if champion else None
 
 
 def rollback(
