@@ -237,6 +237,7 @@ def test_compose_services_dependencies_and_healthchecks(compose: dict[str, Any])
         "mlflow",
         "mlflow-init",
         "worker",
+        "serve",
     }
     one_shot = {"minio-init", "mlflow-init"}
     for name, service in svc.items():

@@ -48,16 +48,22 @@ def quantization_config(method: str) -> Any:
     raise StageError(f"--method: {method!r} is not one of {METHODS}")
 
 
+def quantized_checkpoint(weights: Path, tokenizer_dir: Path, method: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a Hugging Face checkpoint, quantized with ``method`` as it loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(weights, quantization_config=quantization_config(method))
+    return model.eval(), AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
 def quantize_version(name: str, version: str, method: str, max_new_tokens: int, experiment: str) -> str:
     """Quantize version ``version`` of ``name`` with ``method``; returns the new version."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.register.publish import log_loaded_model
     from components.serve.models import checkpoint_dirs
 
-    config = quantization_config(method)
     client = mlflow.MlflowClient()
     try:
         parent = client.get_model_version(name, version)
@@ -69,9 +75,7 @@ def quantize_version(name: str, version: str, method: str, max_new_tokens: int, 
         downloaded = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=scratch)
         )
-        weights, tokenizer_dir = checkpoint_dirs(downloaded)
-        model = AutoModelForCausalLM.from_pretrained(weights, quantization_config=config)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model, tokenizer = quantized_checkpoint(*checkpoint_dirs(downloaded), method)
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name=f"quantize-{method}-v{version}"):
             mlflow.log_params({"quantize.method": method, "quantize.parent_version": version})
