@@ -50,7 +50,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         {"kind": "python-stdlib", "name": "stdlib"},
         {"kind": "local", "name": "forks", "paths": ["corpus"]},
     ]
-    env = make_dvc_project(root, params={"ingest": {"sources": sources, "max_files": 220}})
+    env = make_dvc_project(root, params={"ingest": {"sources": sources, "max_files": 120}})
     return root, env
 
 
