@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from components.attribution import AttributionIndex, build
+from components.errors import StageError
 from components.evaluate.generate import fim_prompt
 from components.params.attribution import AttributionJob
 from components.params.serve import ServeConfig, ServeLimits
@@ -448,3 +449,27 @@ def test_an_api_key_is_required_when_set(checkpoints: tuple[Path, Path]) -> None
         assert right.status_code == 200
         assert client.get("/health").status_code == 200
     assert json.loads(json.dumps(right.json()))["choices"]
+
+
+def test_an_align_teacher_behind_the_server_answers_like_the_same_model_in_process(
+    served: str, checkpoints: tuple[Path, Path]
+) -> None:
+    from components.align.teacher import EndpointTeacher, LocalTeacher, load_teacher
+    from components.benchmarks import Problem
+    from components.params.align import TeacherConfig
+
+    problems = [
+        Problem("t", f"t/{i}", "python", f"def add_{i}(a, b):\n", "assert True\n", stop=("\ndef",))
+        for i in range(3)
+    ]
+    teacher = load_teacher(TeacherConfig(endpoint=f"{served}/v1", name=NAME), Path("unused"))
+    assert isinstance(teacher, EndpointTeacher)
+    loaded = load_path(str(checkpoints[0]))  # the champion's checkpoint (version 1)
+    in_process = LocalTeacher(loaded.model, loaded.tokenizer)
+    assert teacher.answer(problems, False, 8, 0) == in_process.answer(problems, False, 8, 0)
+    chat = teacher.answer(problems, True, 6, 0)
+    assert len(chat) == 3 and all(isinstance(text, str) for text in chat)
+    with pytest.raises(ValueError, match="exactly one"):
+        TeacherConfig(model="models/sft", endpoint=f"{served}/v1", name=NAME)
+    with pytest.raises(StageError, match="HTTP 404"):
+        EndpointTeacher(f"{served}/v1", "not-served").answer(problems[:1], False, 4, 0)

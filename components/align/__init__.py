@@ -31,6 +31,7 @@ import torch
 
 from components.align.feedback import LEVEL_NAMES, Response, hinge, ranked, ranking_pairs
 from components.align.responses import encode_response, sample, score
+from components.align.teacher import LocalTeacher, Teacher, load_teacher
 from components.benchmarks import Problem, stable_subset
 from components.errors import StageError
 from components.evaluate.evaluator import load_model, model_prompt
@@ -140,7 +141,7 @@ Loaded = tuple[Any, Any]
 
 
 def respond(
-    policy: Loaded, problems: Sequence[Problem], job: AlignJob, seed: int, n: int, teacher: Loaded | None
+    policy: Loaded, problems: Sequence[Problem], job: AlignJob, seed: int, n: int, teacher: Teacher | None
 ) -> list[list[Response]]:
     """Each problem's scored responses: ``n`` sampled from the policy, then the teacher's greedy one."""
     cfg = job.align
@@ -148,8 +149,8 @@ def respond(
     texts = sample(*policy, problems, n, decoding, cfg.chat, seed)
     sources = [["policy"] * n for _ in problems]
     if teacher is not None:
-        greedy = sample(*teacher, problems, 1, Decoding(cfg.max_new_tokens), cfg.chat, seed)
-        texts = [mine + theirs for mine, theirs in zip(texts, greedy, strict=True)]
+        greedy = teacher.answer(problems, cfg.chat, cfg.max_new_tokens, seed)
+        texts = [[*mine, theirs] for mine, theirs in zip(texts, greedy, strict=True)]
         sources = [[*who, "teacher"] for who in sources]
     return score(problems, texts, sources, cfg.chat, job.sandbox)
 
@@ -227,15 +228,6 @@ def heldout_metrics(
     return metrics, measure
 
 
-def load_teacher(location: str, work: Path) -> Loaded:
-    """The teacher model: an exported directory, or a registry URI (downloaded into ``work``)."""
-    if location.startswith("models:/"):
-        from components.register.registry import download_model
-
-        return load_model(*download_model(location, work))
-    return load_model(Path(location))
-
-
 def level_counts(responses: Sequence[Sequence[Response]]) -> dict[str, float]:
     """How many responses reached each feedback level."""
     counts = dict.fromkeys(LEVEL_NAMES, 0.0)
@@ -261,10 +253,6 @@ def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
 def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
     """Run ``align.iterations`` of sample -> rank -> train (see the module docstring)."""
     cfg, seed = job.align, context.seed
-    if cfg.teacher is not None and cfg.teacher.model is None:
-        raise StageError(
-            "align.teacher.endpoint: teachers behind an endpoint are not supported yet; use model"
-        )
     output = io.require_output("align")
     train_problems = stable_subset(read_split(io.input("problems"), "train"), cfg.max_problems)
     heldout = read_split(io.input("problems"), "heldout")
@@ -274,7 +262,7 @@ def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
     policy = io.input("policy")
     model, tokenizer = load_model(Path(policy))
     teacher = (
-        load_teacher(cfg.teacher.model, iteration_dir(output, 0).parent / "teacher")
+        load_teacher(cfg.teacher, iteration_dir(output, 0).parent / "teacher")
         if cfg.teacher is not None
         else None
     )
@@ -289,7 +277,7 @@ def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
     for iteration in range(cfg.iterations):
         work = iteration_dir(output, iteration)
         # Without a teacher, the policy's own greedy answer stands in for it.
-        answerer = teacher or (model, tokenizer)
+        answerer = teacher or LocalTeacher(model, tokenizer)
         responses = respond(
             (model, tokenizer), train_problems, job, seed + 2 + iteration, cfg.samples, answerer
         )

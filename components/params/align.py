@@ -10,10 +10,25 @@ from components.params.training import TrainingJob
 
 
 class TeacherConfig(StrictModel):
-    """A stronger model whose greedy answers join the policy's samples (ranked first among equals)."""
+    """A stronger model whose greedy answers join the policy's samples (ranked first among equals):
+    a local model (``model``) or an OpenAI-compatible endpoint (``endpoint`` + ``name``)."""
 
     #: An exported HF directory or a ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URI.
-    model: str
+    model: str | None = None
+    #: Base URL of an OpenAI-compatible API, ending in /v1 (``codemill serve``, vLLM, a hosted API).
+    endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+    #: The model name the endpoint serves (its ``/v1/models`` id).
+    name: str | None = None
+    #: Environment variable holding the endpoint's API key (sent as ``Authorization: Bearer``).
+    api_key_env: str = "CODEMILL_TEACHER_API_KEY"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("set exactly one of align.teacher.model and align.teacher.endpoint")
+        if self.endpoint is not None and not self.name:
+            raise ValueError("align.teacher.name: the model name the endpoint serves is required")
+        return self
 
 
 class AlignConfig(StrictModel):
