@@ -27,8 +27,9 @@ from components.evaluate.generate import fim_prompt
 from components.params.attribution import AttributionJob
 from components.params.serve import ServeConfig, ServeLimits
 from components.register import registry as reg
-from components.serve.app import VERSION_HEADER, Server, create_app
+from components.serve.app import create_app
 from components.serve.engine import TIMEOUT, Busy, Decoding, Engine, Row
+from components.serve.handling import VERSION_HEADER, Server
 from components.serve.models import ModelSlot, ModelSource, load_path, load_version, weight_bytes
 from components.serve.quantize import TAG_METHOD, TAG_PARENT, quantize_version
 from components.shards import make_document, write_shard

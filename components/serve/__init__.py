@@ -1,7 +1,8 @@
 """``codemill serve``: an OpenAI- and TGI-compatible inference server for the registry's champion.
 
 ``models.py`` loads a version and follows the alias, ``engine.py`` batches and generates, ``protocol.py``
-checks request bodies, ``app.py`` is the HTTP API (FastAPI on uvicorn), ``quantize.py`` makes int8
+checks request bodies, ``handling.py`` turns requests into rows and rows into answers,
+``openai_routes.py`` / ``tgi_routes.py`` are the two APIs, ``app.py`` assembles them (FastAPI on uvicorn), ``quantize.py`` makes int8
 variants, ``components.attribution`` answers "which training files does this resemble". See docs/serving.md.
 """
 
@@ -12,8 +13,9 @@ import os
 from pathlib import Path
 
 from components.params.serve import ServeConfig
-from components.serve.app import Server, create_app
+from components.serve.app import create_app
 from components.serve.engine import Engine
+from components.serve.handling import Server
 from components.serve.models import AliasFollower, ModelSlot, ModelSource, load_source
 
 log = logging.getLogger("codemill.serve")
