@@ -1,9 +1,10 @@
 """``codemill serve``: an OpenAI- and TGI-compatible inference server for the registry's champion.
 
-``models.py`` loads a version and follows the alias, ``engine.py`` batches and generates, ``protocol.py``
-checks request bodies, ``handling.py`` turns requests into rows and rows into answers,
-``openai_routes.py`` / ``tgi_routes.py`` are the two APIs, ``app.py`` assembles them (FastAPI on uvicorn), ``quantize.py`` makes int8
-variants, ``components.attribution`` answers "which training files does this resemble". See docs/serving.md.
+``models.py`` loads a version and follows the alias, ``engine.py`` batches and generates,
+``protocol.py`` checks request bodies, ``handling.py`` turns requests into rows and rows into answers,
+``openai_routes.py`` and ``tgi_routes.py`` are the two APIs, ``app.py`` assembles them (FastAPI on
+uvicorn), ``quantize.py`` makes int8 variants; ``components.attribution`` answers "which training files
+does this resemble". See docs/serving.md.
 """
 
 from __future__ import annotations
