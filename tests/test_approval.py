@@ -140,3 +140,31 @@ def test_a_paused_promotion_moves_the_champion_only_when_approved(
     tags = reg.version_tags(NAME, better)
     assert tags[reg.TAG_APPROVAL] == reg.APPROVED and tags[reg.TAG_APPROVAL_BY] == "alice"
     assert tags[reg.TAG_BY] == "alice" and tags[reg.TAG_PREVIOUS] == first
+
+
+def test_the_pipeline_asks_for_approval_only_for_a_pending_version(
+    prefect_env: dict[str, str],
+    candidates: tuple[str, str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow
+
+    from components.params import load_params
+    from flows.pipeline import pending_approval
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", prefect_env["MLFLOW_TRACKING_URI"])
+
+    client = mlflow.MlflowClient()
+    version = client.create_model_version(NAME, str(tmp_path)).version
+    client.set_model_version_tag(NAME, version, reg.TAG_APPROVAL, reg.PENDING)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "register.json").write_text(
+        json.dumps({"details": {"model": NAME, "version": str(version)}})
+    )
+    defaults = str(PROJECT_ROOT / "params.yaml")
+    params = load_params(defaults, overrides={"register.promotion.approval": "true"})
+    assert pending_approval(tmp_path, params) == (NAME, str(version))
+    assert pending_approval(tmp_path, load_params(defaults)) is None  # approval off: never asked
+    client.set_model_version_tag(NAME, version, reg.TAG_APPROVAL, reg.REJECTED)  # decided: not asked again
+    assert pending_approval(tmp_path, params) is None
