@@ -18,12 +18,12 @@ SIGNAL_FIELDS = [
 
 
 def stdlib_clean_shard(folder: Path, files: int) -> Path:
-    """A data/clean-like shard of the first ``files`` standard-library modules; returns its folder."""
+    """A data/clean-like shard of the first ``files`` standard-library modules, one repo each."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     rows = []
     for path in sorted(stdlib.glob("*.py"))[:files]:
         text = path.read_text(encoding="utf-8", errors="replace")
-        row = make_document("python/stdlib", path.name, "python", text, license="psf-2.0")
+        row = make_document(f"stdlib/{path.stem}", path.name, "python", text, license="psf-2.0")
         rows.append({**row, "has_docstring": '"""' in text, "has_tests": False, "quality_score": 0.5})
     folder.mkdir(parents=True)
     table = pa.Table.from_pylist(rows, schema=pa.schema([*BASE_SCHEMA, *SIGNAL_FIELDS]))

@@ -203,7 +203,14 @@ def markdown(
         )
     weights = variants["int8"]["weight_mb"] / variants["fp32"]["weight_mb"]
     speed = loads[("int8", 8, 16)]["tokens_per_s"] / loads[("fp32", 8, 16)]["tokens_per_s"]
-    lines += ["", f"int8 vs fp32: weights {weights:.2f}x, tokens/s at 16 clients {speed:.2f}x.", ""]
+    batching = loads[("fp32", 8, 16)]["tokens_per_s"] / loads[("fp32", 1, 16)]["tokens_per_s"]
+    lines += [
+        "",
+        f"int8 vs fp32: weights {weights:.2f}x, tokens/s at 16 clients {speed:.2f}x.",
+        "",
+        f"serve_load: {batching:.2f}x (tokens/s with batching vs without, 16 clients)",
+        "",
+    ]
     return "\n".join(lines)
 
 
