@@ -182,7 +182,8 @@ def format_registry_summary(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(
         [
             f"registered: models:/{details['model']}/{details['version']}   aliases: {aliases}",
-            f"serve the champion: codemill serve --port 5001   (models:/{details['model']}@champion)",
+            f"serve the champion: codemill serve   (OpenAI + TGI API on 127.0.0.1:8000, "
+            f"follows models:/{details['model']}@champion)",
         ]
     )
 

@@ -93,7 +93,7 @@ def test_registry_lines_name_version_aliases_and_serve_command() -> None:
     details = {"model": "codemill-tiny", "version": "3", "aliases": ["challenger", "champion"]}
     text = format_registry_summary({"register": {"details": details}})
     assert "models:/codemill-tiny/3" in text and "aliases: challenger, champion" in text
-    assert "codemill serve --port 5001" in text
+    assert "codemill serve" in text and "follows models:/codemill-tiny@champion" in text
     failed = format_registry_summary({"register": {"details": {**details, "aliases": []}}})
     assert "gates failed" in failed
     assert format_registry_summary({}) == ""
