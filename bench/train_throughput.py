@@ -3,8 +3,9 @@
 Side by side in one process, on the CPU profile's model and batch (``params.yaml``: ``model``, ``train``):
 1. the engine's step (``components/train/engine.Trainer.train_step``: DeepSpeed with the profile's ZeRO
    stage, the project's loss, its data order);
-2. a bare loop: the same Hugging Face model (same init), torch AdamW, the same batches, the same loss;
-3. the bare loop under ``torch.compile``.
+2. the engine with ``train.compile`` (``engine.compile()``);
+3. a bare loop: the same Hugging Face model (same init), torch AdamW, the same batches, the same loss;
+4. the bare loop under ``torch.compile``.
 
 Tokens come from a tokenize output built here from standard-library files (``--tokens DIR`` uses an
 existing one, e.g. ``data/tokenize``). The roofline is the best of several 2048x2048 fp32 matmuls on
@@ -132,6 +133,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as scratch:
         tokens = args.tokens or build_tokens(Path(scratch), params)
         engine = engine_rate(job, context, tokens, f"{scratch}/out", args.steps, args.warmup)
+        compiled_job = job.model_copy(update={"train": job.train.model_copy(update={"compile": True})})
+        engine_compiled = engine_rate(
+            compiled_job, context, tokens, f"{scratch}/out-c", args.steps, args.warmup
+        )
         bare = bare_rate(job, context, tokens, args.steps, args.warmup, compiled=False)
         compiled = bare_rate(job, context, tokens, args.steps, args.warmup, compiled=True)
         data = TokenizedData(tokens, job.model.seq_len, context.seed)
@@ -140,6 +145,7 @@ def main() -> int:
     peak = matmul_peak()
     rows = [
         (f"engine (DeepSpeed ZeRO-{job.train.zero_stage})", engine),
+        ("engine, train.compile", engine_compiled),
         ("bare loop", bare),
         ("bare loop, torch.compile", compiled),
     ]

@@ -343,3 +343,46 @@ def test_eval_sequences_spread_over_the_split_and_split_between_ranks() -> None:
     assert ranks == [[0, 25, 50, 75], [12, 37, 62, 87]]
     small = [eval_indices(5, train, rank, world=2) for rank in range(2)]
     assert small == [[0, 2], [1, 3]]  # at most what the split holds, same count on every rank
+
+
+def test_long_context_profile_is_8k_with_activation_checkpointing_and_the_same_tokens_per_step() -> None:
+    base = load_params(PROJECT_ROOT / "params.yaml", overlays=[PROJECT_ROOT / "infra/profiles/h100.yaml"])
+    params = load_params(
+        PROJECT_ROOT / "params.yaml", overlays=[PROJECT_ROOT / "infra/profiles/long-context.yaml"]
+    )
+    assert params.model.seq_len == 8192 and params.train.activation_checkpointing
+    assert params.model.attn_implementation in ("sdpa", "flash_attention_2")
+    tokens = params.train.micro_batch * params.train.grad_accum * params.model.seq_len
+    assert tokens == base.train.micro_batch * base.train.grad_accum * base.model.seq_len
+    with torch.device("meta"):
+        model = build_model(hf_config(params.model, params.tokenize.vocab_size, eos_id=0))
+    assert model.config.max_position_embeddings == 8192 and 125e6 <= count_params(model) <= 350e6
+
+
+def test_attention_kernel_and_activation_checkpointing_change_memory_not_results() -> None:
+    from components.errors import StageError
+    from components.train.model import check_attention
+
+    model = _tiny("llama")
+    assert model.config._attn_implementation == "sdpa"
+    eager = build_model(model.config, "eager")
+    eager.load_state_dict(model.state_dict())
+    assert eager.config._attn_implementation == "eager"
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, eager(ids).logits, rtol=1e-4, atol=1e-5)
+
+    def grads(checkpointing: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(ids, labels=ids).loss.backward()
+        model.gradient_checkpointing_disable()
+        return [param.grad.clone() for param in model.parameters()]
+
+    for plain, recomputed in zip(grads(False), grads(True), strict=True):
+        torch.testing.assert_close(plain, recomputed)
+    if not torch.cuda.is_available():
+        with pytest.raises(StageError, match=r"model\.attn_implementation"):
+            check_attention("flash_attention_2")

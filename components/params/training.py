@@ -30,6 +30,9 @@ class ModelConfig(StrictModel):
     seq_len: int = Field(256, ge=8)
     rope_theta: float = Field(10000.0, gt=0)
     tie_embeddings: bool = False
+    #: Attention kernel: ``sdpa`` (PyTorch's fused scaled-dot-product attention; flash/memory-efficient
+    #: kernels on GPU), ``eager`` (the reference), ``flash_attention_2`` (needs the flash-attn package).
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     @model_validator(mode="after")
     def _heads_fit(self) -> "ModelConfig":
@@ -79,6 +82,11 @@ class TrainConfig(StrictModel):
     #: Peak dense bf16 TFLOP/s of one device for MFU; null: looked up from the device name
     #: (components/train/metrics.py).
     peak_tflops: float | None = Field(None, gt=0)
+    #: ``torch.compile`` the model inside the DeepSpeed engine (``engine.compile()``).
+    compile: bool = False
+    #: Recompute each layer's activations in the backward pass (less memory, ~1/3 more compute): what
+    #: long contexts need.
+    activation_checkpointing: bool = False
 
     @field_validator("betas")
     @classmethod
@@ -92,7 +100,7 @@ class TrainConfig(StrictModel):
 NOT_SHAPING_TRAIN_FIELDS = frozenset(
     {
         "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches", "log_every", "peak_tflops",
-        "hostfile", "master_port", "num_gpus", "num_nodes",
+        "hostfile", "master_port", "num_gpus", "num_nodes", "compile", "activation_checkpointing",
     }
 )  # fmt: skip
 

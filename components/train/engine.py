@@ -211,13 +211,19 @@ class Trainer:
         # Under ZeRO-3, HF builds the model partitioned while this object lives.
         self._zero3 = HfDeepSpeedConfig(self.ds_config) if self.cfg.zero_stage == 3 else None
         self.model = self._load_model()
+        if self.cfg.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.n_params = count_params(self.model)
         self.flops_token = metrics.flops_per_token(
             flops_params(self.model), job.model.layers, job.model.hidden, job.model.seq_len
         )
         beta1, beta2 = self.cfg.betas
         optimizer = torch.optim.AdamW(
-            param_groups(self.model, plan.weight_decay), lr=1.0, betas=(beta1, beta2), eps=self.cfg.eps
+            param_groups(self.model, plan.weight_decay),
+            lr=1.0,
+            betas=(beta1, beta2),
+            eps=self.cfg.eps,
+            fused=self.device.type == "cuda",  # one kernel for the whole update on GPUs
         )
         # A callable: DeepSpeed builds the scheduler on the optimizer once ZeRO has regrouped its parameters.
         self.engine, _, _, _ = deepspeed.initialize(
@@ -226,6 +232,8 @@ class Trainer:
             lr_scheduler=lambda wrapped: scheduler(wrapped, plan.schedule),
             config=self.ds_config,
         )
+        if self.cfg.compile:
+            self.engine.compile()
         self.logger = RunLogger(enabled=self.rank == 0)
         self.logger.log_dict(self.ds_config, f"{plan.stage}/deepspeed_config.json")
         self.logger.log_dict(self.model.config.to_dict(), f"{plan.stage}/model_config.json")
@@ -259,12 +267,14 @@ class Trainer:
         """The model to train: random init from ``model:`` params, or the weights of ``plan.init_from``."""
         from transformers import AutoModelForCausalLM
 
-        from components.train.model import build_model, hf_config
+        from components.train.model import build_model, check_attention, hf_config
 
-        data = self.plan.data
+        data, attention = self.plan.data, check_attention(self.job.model.attn_implementation)
         if self.plan.init_from is None:
-            return build_model(hf_config(self.job.model, data.vocab_size, data.eos_id))
-        model = AutoModelForCausalLM.from_pretrained(self.plan.init_from, dtype=torch.float32)
+            return build_model(hf_config(self.job.model, data.vocab_size, data.eos_id), attention)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.plan.init_from, dtype=torch.float32, attn_implementation=attention
+        )
         if model.config.vocab_size != data.vocab_size:
             raise ValueError(
                 f"{self.plan.init_from}: vocabulary of {model.config.vocab_size} tokens, but "

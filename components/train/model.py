@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
 
+from components.errors import StageError
 from components.params.training import ModelConfig
 
 
@@ -44,9 +45,23 @@ def hf_config(model: ModelConfig, vocab_size: int, eos_id: int) -> PretrainedCon
     )
 
 
-def build_model(config: PretrainedConfig) -> PreTrainedModel:
+def check_attention(attn_implementation: str) -> str:
+    """``attn_implementation`` if this machine can run it; a clear error naming the param otherwise."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        raise StageError(
+            "model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package "
+            "(pip install flash-attn); use sdpa"
+        )
+    return attn_implementation
+
+
+def build_model(config: PretrainedConfig, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """A randomly initialised causal LM (fp32). Under ZeRO-3, create an ``HfDeepSpeedConfig`` first."""
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(
+        config, dtype=torch.float32, attn_implementation=check_attention(attn_implementation)
+    )
 
 
 def numel(param: torch.Tensor) -> int:
