@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.flow_runs import pause_flow_run
@@ -47,11 +48,12 @@ async def approve_promotion(
     logger.info(
         "waiting for approval of %s version %s (resume this flow run in the Prefect UI)", model_name, version
     )
-    decision = await pause_flow_run(
+    pause = pause_flow_run(  # Prefect's sync-compatible call: awaitable inside an async flow
         wait_for_input=PromotionDecision.with_initial_data(description=table),
         timeout=timeout_s,
         key=f"approval-{model_name}-{version}",
     )
+    decision = await cast(Awaitable[PromotionDecision], pause)
     reviewer = decision.reviewer or "unknown"
     champion = await asyncio.to_thread(
         registry.decide_promotion,

@@ -164,7 +164,10 @@ class Server:
         deadline = time.monotonic() + self.limits.request_timeout_s
 
         def listener(index: int) -> Callable[[tuple[str, Any]], None]:
-            return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
+            def send(event: tuple[str, Any]) -> None:  # called on the engine thread
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+            return send
 
         texts = [prompt.text for prompt in prompts for _ in range(n)]
         rows = [

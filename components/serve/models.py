@@ -100,7 +100,8 @@ def load_checkpoint(weights: Path, tokenizer_dir: Path) -> tuple[Any, Any]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else None
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype)
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     return model, tokenizer
 

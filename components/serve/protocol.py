@@ -52,7 +52,7 @@ class Sampling(Body):
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
     def _no_penalty(cls, value: float | None, info: ValidationInfo) -> float | None:
-        return neutral(info.field_name, value, (None, 0, 0.0))
+        return neutral(str(info.field_name), value, (None, 0, 0.0))
 
     @field_validator("logprobs")
     @classmethod
@@ -158,7 +158,7 @@ class GenerateParameters(Body):
     @field_validator(*TGI_NEUTRAL)
     @classmethod
     def _unsupported_are_neutral(cls, value: Any, info: ValidationInfo) -> Any:
-        return neutral(info.field_name, value, TGI_NEUTRAL[info.field_name])
+        return neutral(str(info.field_name), value, TGI_NEUTRAL[str(info.field_name)])
 
     @property
     def sampling(self) -> bool:
