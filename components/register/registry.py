@@ -157,6 +157,22 @@ def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> 
         return None
 
 
+def model_dirs(folder: Path) -> tuple[Path, Path]:
+    """``(weights directory, tokenizer directory)`` of a model folder: an MLflow transformers model (its
+    MLmodel names the weights folder; the tokenizer is ``components/tokenizer``) or a plain Hugging Face
+    checkpoint (both are the folder itself)."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.exists():
+        return folder, folder
+    flavor = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")).get("flavors") or {}).get("transformers")
+    if not flavor:
+        raise RegistryError(f"{mlmodel}: not a transformers model (no 'transformers' flavor)")
+    weights, tokenizer = folder / flavor.get("model_binary", "model"), folder / "components" / "tokenizer"
+    return weights, tokenizer if tokenizer.is_dir() else weights
+
+
 def download_model(uri: str, destination: str | Path) -> tuple[Path, Path]:
     """Download a registered model (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) logged with the
     transformers flavor; returns (weights directory, tokenizer directory)."""
@@ -165,10 +181,10 @@ def download_model(uri: str, destination: str | Path) -> tuple[Path, Path]:
     root = Path(
         reported(lambda: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
     )
-    model_dir, tokenizer_dir = root / "model", root / "components" / "tokenizer"
+    model_dir, tokenizer_dir = model_dirs(root)
     if not (model_dir / "config.json").is_file():
         raise RegistryError(f"{uri}: no transformers checkpoint in the model's artifacts ({model_dir})")
-    return model_dir, tokenizer_dir if tokenizer_dir.is_dir() else model_dir
+    return model_dir, tokenizer_dir
 
 
 def version_metrics(version: ModelVersion, metrics: list[str]) -> dict[str, float]:

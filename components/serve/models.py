@@ -1,8 +1,8 @@
 """What the server serves: a model version from the MLflow registry (or a local checkpoint), loaded, and
 the slot that holds the current one, swapped atomically when the followed alias moves.
 
-A registered version is what ``mlflow.transformers.log_model`` wrote: the MLmodel file's ``transformers``
-flavor names the weights folder (``model_binary``) and the tokenizer (``components/tokenizer``). Quantized
+A registered version is what ``mlflow.transformers.log_model`` wrote; the registry's ``download_model``
+and ``model_dirs`` find its weights and tokenizer folders. Quantized
 variants (``codemill quantize``) are the same layout; their ``config.json`` carries the quantization
 config, which ``from_pretrained`` applies on load.
 """
@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from components.errors import StageError
 
@@ -39,24 +37,29 @@ class ModelSource:
         return self.uri.startswith(MODELS_SCHEME)
 
     @property
+    def _reference(self) -> str:
+        """What follows ``models:/`` (``NAME@ALIAS`` or ``NAME/VERSION``); empty for a path."""
+        return self.uri[len(MODELS_SCHEME) :] if self.registered else ""
+
+    @property
     def name(self) -> str:
         """The registered model name, or the folder name of a local checkpoint."""
         if not self.registered:
             return Path(self.uri).name
-        return self.uri[len(MODELS_SCHEME) :].split("@")[0].split("/")[0]
+        return self._reference.split("@")[0].split("/")[0]
 
     @property
     def alias(self) -> str | None:
         """The alias this source follows (``champion``), or None for a fixed version or a path."""
-        rest = self.uri[len(MODELS_SCHEME) :] if self.registered else ""
-        return rest.split("@", 1)[1] if "@" in rest else None
+        reference = self._reference
+        return reference.split("@", 1)[1] if "@" in reference else None
 
     @property
     def fixed_version(self) -> str | None:
         """The version of ``models:/NAME/VERSION``."""
-        rest = self.uri[len(MODELS_SCHEME) :] if self.registered else ""
-        parts = rest.split("/")
-        return parts[1] if len(parts) == 2 and "@" not in rest else None
+        reference = self._reference
+        parts = reference.split("/")
+        return parts[1] if len(parts) == 2 and "@" not in reference else None
 
 
 @dataclass
@@ -78,19 +81,6 @@ class LoadedModel:
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the server will feed it (no special tokens added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def checkpoint_dirs(downloaded: Path) -> tuple[Path, Path]:
-    """``(weights folder, tokenizer folder)`` of a downloaded MLflow transformers model."""
-    mlmodel = downloaded / "MLmodel"
-    if not mlmodel.exists():  # a plain Hugging Face checkpoint folder
-        return downloaded, downloaded
-    flavor = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")).get("flavors") or {}).get("transformers")
-    if not flavor:
-        raise StageError(f"{mlmodel}: not a transformers model (no 'transformers' flavor)")
-    weights = downloaded / flavor.get("model_binary", "model")
-    tokenizer = downloaded / "components" / "tokenizer"
-    return weights, tokenizer if tokenizer.exists() else weights
 
 
 def load_checkpoint(weights: Path, tokenizer_dir: Path) -> tuple[Any, Any]:
@@ -135,33 +125,34 @@ def quantization_method(model: Any) -> str | None:
     return f"{getattr(method, 'value', method)}:{quant_type}"
 
 
+def loaded(name: str, version: str, dirs: tuple[Path, Path], started: float) -> LoadedModel:
+    """Load the weights and tokenizer folders ``dirs`` as version ``version`` of ``name``."""
+    model, tokenizer = load_checkpoint(*dirs)
+    return LoadedModel(
+        name, version, model, tokenizer, quantization_method(model), time.monotonic() - started
+    )
+
+
 def load_version(name: str, version: str) -> LoadedModel:
     """Download and load version ``version`` of registered model ``name``."""
-    import mlflow
+    from components.register.registry import download_model
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="codemill-serve-") as scratch:
-        downloaded = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=scratch)
-        )
-        model, tokenizer = load_checkpoint(*checkpoint_dirs(downloaded))
-    return LoadedModel(
-        name, str(version), model, tokenizer, quantization_method(model), time.monotonic() - started
-    )
+        return loaded(name, str(version), download_model(f"models:/{name}/{version}", scratch), started)
 
 
 def load_path(path: str) -> LoadedModel:
     """Load a local checkpoint folder (HF, or a downloaded MLflow model); its version is ``local``."""
+    from components.register.registry import model_dirs
+
     started = time.monotonic()
     folder = Path(path)
     if not folder.is_dir():
         raise StageError(
             f"{path}: no such model folder (give models:/NAME@ALIAS, models:/NAME/VERSION or a path)"
         )
-    model, tokenizer = load_checkpoint(*checkpoint_dirs(folder))
-    return LoadedModel(
-        folder.name, "local", model, tokenizer, quantization_method(model), time.monotonic() - started
-    )
+    return loaded(folder.name, "local", model_dirs(folder), started)
 
 
 def resolve_version(source: ModelSource, client: Any) -> str:

@@ -62,7 +62,7 @@ def quantize_version(name: str, version: str, method: str, max_new_tokens: int, 
     from mlflow.exceptions import MlflowException
 
     from components.register.publish import log_loaded_model
-    from components.serve.models import checkpoint_dirs
+    from components.register.registry import download_model
 
     client = mlflow.MlflowClient()
     try:
@@ -72,10 +72,8 @@ def quantize_version(name: str, version: str, method: str, max_new_tokens: int, 
     if parent.tags.get(TAG_METHOD):
         raise StageError(f"{name} version {version} is already quantized ({parent.tags[TAG_METHOD]})")
     with tempfile.TemporaryDirectory(prefix="codemill-quantize-") as scratch:
-        downloaded = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=scratch)
-        )
-        model, tokenizer = quantized_checkpoint(*checkpoint_dirs(downloaded), method)
+        dirs = download_model(f"models:/{name}/{version}", scratch)
+        model, tokenizer = quantized_checkpoint(*dirs, method)
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name=f"quantize-{method}-v{version}"):
             mlflow.log_params({"quantize.method": method, "quantize.parent_version": version})
