@@ -256,13 +256,18 @@ class Server:
             cancel(rows)
 
     def headers(self, rows: Sequence[Row]) -> dict[str, str]:
-        version = next((row.version for row in rows if row.version), self.slot.current.version)
-        return {VERSION_HEADER: version}
+        """The response header naming the version that answered."""
+        return {VERSION_HEADER: answered_version(rows, self.slot.current.version)}
 
     @staticmethod
     def fingerprint(served: LoadedModel, rows: Sequence[Row]) -> str:
-        version = next((row.version for row in rows if row.version), served.version)
-        return f"{served.name}/{version}"
+        """``NAME/VERSION`` of the model that answered (OpenAI's ``system_fingerprint``)."""
+        return f"{served.name}/{answered_version(rows, served.version)}"
+
+
+def answered_version(rows: Sequence[Row], default: str) -> str:
+    """The version that generated the rows (set when their batch starts), else ``default``."""
+    return next((row.version for row in rows if row.version), default)
 
 
 def cancel(rows: Sequence[Row]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from components.evaluate.generate import fim_prompt
 from components.serve.engine import CANCELLED, Decoding, Row
 from components.serve.handling import VERSION_HEADER, Prompt, Server, parse_body
-from components.serve.models import weight_bytes
+from components.serve.models import LoadedModel, weight_bytes
 from components.serve.protocol import ChatCompletionRequest, CompletionRequest
 from components.tokens.tokenizer import IM_END
 
@@ -34,6 +34,26 @@ def finish_reason(row: Row) -> str:
 def decoding_of(temperature: float, top_p: float, seed: int | None) -> Decoding:
     """The engine's decoding setting for an OpenAI request."""
     return Decoding(temperature, top_p if temperature > 0 else 1.0, seed)
+
+
+def envelope_for(
+    prefix: str, kind: str, server: Server, served: LoadedModel, rows: Sequence[Row]
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The body of one response (``kind``: its ``object``) around its choices: one id and creation time
+    for all of its stream chunks, the version that answered as ``system_fingerprint``."""
+    ident, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+
+    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": served.name,
+            "system_fingerprint": server.fingerprint(served, rows),
+            "choices": choices,
+        }
+
+    return envelope
 
 
 def openai_router(server: Server) -> APIRouter:
@@ -68,17 +88,7 @@ def openai_router(server: Server) -> APIRouter:
         server.check_prompts(prompts, body.max_tokens, body.n, served, "max_tokens")
         decoding = decoding_of(body.temperature, body.top_p, body.seed)
         rows, events = server.start_rows(prompts, body.n, body.max_tokens, decoding, body.stop_sequences())
-        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": served.name,
-                "system_fingerprint": server.fingerprint(served, rows),
-                "choices": choices,
-            }
+        envelope = envelope_for("cmpl", "text_completion", server, served, rows)
 
         if not body.stream:
             await server.complete(rows, events)
@@ -128,17 +138,8 @@ def openai_router(server: Server) -> APIRouter:
         server.check_prompts(prompts, budget, body.n, served, token_param)
         decoding = decoding_of(body.temperature, body.top_p, body.seed)
         rows, events = server.start_rows(prompts, body.n, budget, decoding, body.stop_sequences(), (IM_END,))
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def envelope(kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": served.name,
-                "system_fingerprint": server.fingerprint(served, rows),
-                "choices": choices,
-            }
+        object_kind = "chat.completion.chunk" if body.stream else "chat.completion"
+        envelope = envelope_for("chatcmpl", object_kind, server, served, rows)
 
         if not body.stream:
             await server.complete(rows, events)
@@ -151,7 +152,7 @@ def openai_router(server: Server) -> APIRouter:
                 }
                 for i, row in enumerate(rows)
             ]
-            body_out = {**envelope("chat.completion", choices), "usage": usage(rows, body.n)}
+            body_out = {**envelope(choices), "usage": usage(rows, body.n)}
             return JSONResponse(body_out, headers=server.headers(rows))
 
         started: set[int] = set()
@@ -163,7 +164,6 @@ def openai_router(server: Server) -> APIRouter:
                 started.add(index)
                 out.append(
                     envelope(
-                        "chat.completion.chunk",
                         [
                             {
                                 "index": index,
@@ -176,14 +176,12 @@ def openai_router(server: Server) -> APIRouter:
             if kind == "text":
                 out.append(
                     envelope(
-                        "chat.completion.chunk",
                         [{"index": index, "delta": {"content": value}, "finish_reason": None}],
                     )
                 )
             elif value != CANCELLED:
                 out.append(
                     envelope(
-                        "chat.completion.chunk",
                         [{"index": index, "delta": {}, "finish_reason": finish_reason(rows[index])}],
                     )
                 )
