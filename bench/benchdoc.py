@@ -18,3 +18,11 @@ def write_section(path: Path, section: str) -> None:
         following = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if following < 0 else text[following + 1 :])
     path.write_text(text, encoding="utf-8")
+
+
+def publish(section: str, write: bool = True) -> None:
+    """Print a bench's section (its headline is its last line) and, unless told not to, write it into
+    docs/benchmarks.md."""
+    print(section)
+    if write:
+        write_section(BENCHMARKS_DOC, section)

@@ -27,7 +27,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 from components.executor import map_shards  # noqa: E402
 from components.params import ExecutorConfig, load_params, yaml_text  # noqa: E402
@@ -188,9 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pass {repeat + 1}, {label}: {passes[label][-1].seconds:.1f} s", flush=True)
     runs = [best_of(passes[label]) for label, _ in executors]
     section = markdown(runs, args, (load[0], os.getloadavg()[0]), min(pool_start_seconds() for _ in range(3)))
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
 import dedup_vs_datasketch  # noqa: E402
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 from components.params import load_params  # noqa: E402
 from components.report import StageReport  # noqa: E402
@@ -89,9 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     section = markdown(run_data_stages(args.workers), args.workers)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
     dedup_vs_datasketch.main(args.dedup_args + (["--no-write"] if args.no_write else []))
 
 

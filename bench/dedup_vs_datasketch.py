@@ -36,7 +36,7 @@ from datasketch import MinHash, MinHashLSH
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 from components.dedup.clusters import ALL_PAIRS_MAX_BUCKET, bucket_pairs, unique_pairs  # noqa: E402
 from components.dedup.minhash import (  # noqa: E402
@@ -378,9 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     stage = None if args.no_stage else stage_seconds(texts, args)
     section = markdown(args, corpus, table, stage)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 from components.benchmarks import load_benchmark  # noqa: E402
 from components.evaluate import languages  # noqa: E402
@@ -220,9 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         *generation_section(args.model, args.prompts, args.max_new_tokens, args.batch_size),
     ]
     section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 from components.clean.pii import PII_RULES, find_pii  # noqa: E402
 
@@ -148,9 +148,7 @@ def main() -> None:
         "",
     ]  # fmt: skip
     section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 
 SECTION = "## Serving under load"
 CONCURRENCY = (1, 4, 16)
@@ -247,9 +247,7 @@ def main() -> int:
         f"{args.requests} requests per setting, max_tokens {args.max_tokens}, greedy"
     )
     section = markdown(variants, loads, command.strip(), info)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 from corpora import stdlib_clean_shard  # noqa: E402
 
 SECTION = "## Tokenize stage vs tokenizers' batch encoding"
@@ -73,9 +73,7 @@ def main() -> int:
         "",
     ]
     section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
     return 0
 
 

@@ -29,7 +29,7 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchdoc import BENCHMARKS_DOC, write_section  # noqa: E402
+from benchdoc import publish  # noqa: E402
 from corpora import stdlib_clean_shard  # noqa: E402
 
 SECTION = "## Training step vs a bare loop and the roofline"
@@ -168,9 +168,7 @@ def main() -> int:
         lines.append(f"| {name} | {rate:.0f} | {rate / bare:.2f}x | {rate * flops_token / peak:.1%} |")
     lines += ["", f"train_throughput: {engine / bare:.2f}x", ""]
     section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(BENCHMARKS_DOC, section)
+    publish(section, write=not args.no_write)
     return 0
 
 
