@@ -19,20 +19,13 @@ from components.register import registry as reg
 from components.report import read_report, write_eval_report
 from components.stage_runner import run_stage
 from components.tracking import PARENT_RUN_ENV, TAG_OUT_MD5, TAG_STAGE
-from tests.conftest import PROJECT_ROOT, make_params, running_mlflow_server
+from tests.conftest import PROJECT_ROOT, make_params
 
 pytestmark = pytest.mark.slow
 
 MODEL = "regtest"
 NAME = f"codemill-{MODEL}"
 ANNEAL_MD5 = "0123456789abcdef0123456789abcdef.dir"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server for this module; MLFLOW_TRACKING_URI points at it."""
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +64,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def parent_run(server: str) -> Iterator[str]:
+def parent_run(mlflow_server: str) -> Iterator[str]:
     """A pipeline parent run with an upstream ``anneal`` stage run tagged with its output md5."""
     import mlflow
 

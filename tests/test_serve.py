@@ -34,7 +34,7 @@ from components.serve.models import ModelSlot, ModelSource, load_path, load_vers
 from components.serve.quantize import TAG_METHOD, TAG_PARENT, quantize_version
 from components.shards import make_document, write_shard
 from components.train.launch import free_port
-from tests.conftest import PROJECT_ROOT, running_mlflow_server, wait_http
+from tests.conftest import PROJECT_ROOT, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -98,19 +98,13 @@ NEW_CODE = "class Stack:\n    def __init__(self):\n        self.items = []\n    
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("checkpoints")
     return tiny_checkpoint(root / "v1", seed=1), tiny_checkpoint(root / "v2", seed=2)
 
 
 @pytest.fixture(scope="module")
-def versions(mlflow_uri: str, checkpoints: tuple[Path, Path]) -> tuple[str, str]:
+def versions(mlflow_server: str, checkpoints: tuple[Path, Path]) -> tuple[str, str]:
     """Two registered versions; the first is the champion."""
     first, second = (register_checkpoint(path) for path in checkpoints)
     reg.promote(NAME, first, "first", "test", force=True)
@@ -135,7 +129,7 @@ def attribution_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory,
-    mlflow_uri: str,
+    mlflow_server: str,
     versions: tuple[str, str],
     attribution_index: Path,
 ) -> Iterator[str]:
@@ -149,7 +143,7 @@ def served(
     port = free_port()
     command = [sys.executable, "-m", "components.cli", "--params", str(root / "params.yaml"), "serve"]
     command += ["--port", str(port), "--attribution", str(attribution_index)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     env.pop("CODEMILL_API_KEY", None)
     with open(root / "serve.log", "wb") as log:
         proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
