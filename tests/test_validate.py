@@ -170,6 +170,57 @@ def test_corruption_fails_naming_the_expectation(
     assert (tmp_path / "data_docs" / "index.html").exists(), "Data Docs are written for a failing run too"
 
 
+def test_sharded_verdict_is_the_whole_corpus_verdict(project: Path, tmp_path: Path) -> None:
+    """Shard-by-shard validation on two worker processes, merged, equals GX on the corpus as one frame."""
+    import pandas as pd
+
+    from components.params import ExecutorConfig
+    from components.validate import gx_project, shard_tasks
+    from components.validate.sharded import validate_shards
+    from components.validate.signals import load_shard
+
+    rows = [row for index in range(4) for row in _prefixed(good_rows(), f"acme/part{index}")]
+    rows[1] = {**rows[1], "size_bytes": 20_000}  # out of bounds in the first and the third shard
+    rows[15] = {**rows[15], "size_bytes": 30_000}
+    rows[20] = {**rows[20], "lang": "cobol"}
+    rows[26] = document("acme/part3", "tools/copy.py", rows[2]["content"])  # a duplicate across shards
+    rows[9] = document("acme/part1", "conf.py", 'MAINTAINER = "alice.smith@corp.com"\n')
+    corpus = tmp_path / "clean"
+    corpus.mkdir()
+    for index in range(4):
+        part = rows[7 * index : 7 * index + 7]
+        write_shard(pa.Table.from_pylist(part, schema=BASE_SCHEMA), str(corpus / f"part-{index:05d}.parquet"))
+    job = make_params(validate={"max_size_bytes": 10_000, "samples": 3}).stage_config("validate")
+    tasks = shard_tasks(str(corpus), job)
+    suite = build_suite(job)
+
+    sharded = validate_shards(tasks, suite, 3, ExecutorConfig(workers=2)).result
+    whole_frame = pd.concat([load_shard(task) for task in tasks])
+    checkpoint = gx_project.checkpoint_for(gx_project.open_context(project), suite, 3)
+    (whole,) = checkpoint.run(batch_parameters={"dataframe": whole_frame}).run_results.values()
+
+    def verdict(result: Any) -> list[tuple[object, ...]]:
+        fields = ("element_count", "unexpected_count", "partial_unexpected_list", "partial_unexpected_index_list")
+        return sorted(
+            (item.expectation_config.id, item.success, *((item.result or {}).get(name) for name in fields))
+            for item in result.results
+        )
+
+    assert verdict(sharded) == verdict(whole)
+    assert sharded.statistics == whole.statistics
+    failed = {item.expectation_config.type for item in sharded.results if not item.success}
+    assert failed == {
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_be_unique",
+    }
+    assert sum(not item.success for item in sharded.results) == 4  # size, lang, residual PII, sha256
+
+
+def _prefixed(rows: list[Row], repo: str) -> list[Row]:
+    return [document(repo, row["path"], row["content"]) for row in rows]
+
+
 def test_no_document_is_a_failure_not_a_vacuous_pass(validate: Callable[..., StageReport]) -> None:
     with pytest.raises(StageError, match=r"holds no document .*nothing to validate"):
         validate([])

@@ -1,14 +1,15 @@
 """The validate stage: Great Expectations 1.x quality checks on the cleaned shards (docs/data-recipe.md).
 
-Shards are loaded in parallel (``signals.load_shard``: base columns plus the derived ``residual_pii`` and
-``benchmark_overlap`` columns) and validated as one dataframe, because sha256 uniqueness is a property of
-the whole corpus. Memory is about twice the content of the corpus (~30 MB of code at our scale); a corpus
-that outgrows one process would validate per-row expectations shard by shard and uniqueness on the
-``sha256`` column alone.
+Each shard is validated on its own in a worker (``sharded.py``: base columns plus the derived
+``residual_pii`` and ``benchmark_overlap`` columns of ``signals.py``), and the per-shard verdicts are merged
+into one suite result; sha256 uniqueness, a property of the whole corpus, is validated on the ``sha256``
+column the workers send back. A worker holds one shard and the stage holds one key column, so memory is
+bounded by the shard size (``data.shard_bytes``), not the corpus; the verdict is the one of the whole
+corpus as one dataframe.
 
 The suite (``suite.py``) is saved in the committed file context ``gx/`` of the working directory (the
-project root under ``dvc repro``) and run through a checkpoint (``gx_project.py``). The Data Docs site of
-the run is copied to the stage output (``reports/data_docs``) and logged to the active MLflow run under
+project root under ``dvc repro``) with its checkpoint, and the merged result is stored there as the run's
+validation (``gx_project.py``). The Data Docs site of the run is copied to the stage output (``reports/data_docs``) and logged to the active MLflow run under
 ``data_docs/``, also when the suite fails; then a :class:`StageError` lists every failing expectation with
 sample unexpected values, so ``dvc repro`` stops with that message.
 """
@@ -17,25 +18,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from components.errors import StageError
-from components.executor import map_shards
 from components.params import StageContext
 from components.params.validate import ValidateJob
 from components.report import Artifact, StageReport
 from components.shards import atomic_output_dir, filesystem, list_shards
 from components.stage_runner import Input, Stage, StageIO
-from components.validate.signals import ShardTask, checks_benchmarks, content_bytes, load_shard, pii_rules
+from components.validate.signals import ShardTask, checks_benchmarks, pii_rules
 
 
-def load_documents(directory: str, job: ValidateJob, context: StageContext) -> tuple[pd.DataFrame, int]:
-    """All shards of ``directory`` as one frame with the derived columns; also the number of shards."""
+def shard_tasks(directory: str, job: ValidateJob) -> list[ShardTask]:
+    """One task per shard of ``directory``: the PII rules to re-run and the benchmarks to look for."""
     decontam = job.clean.decontam if checks_benchmarks(job) else None
     benchmarks = tuple(job.benchmarks)
-    tasks = [ShardTask(path, pii_rules(job), decontam, benchmarks) for path in list_shards(directory)]
-    frames = map_shards(load_shard, tasks, context.executor)
-    return pd.concat(frames), len(tasks)
+    return [ShardTask(path, pii_rules(job), decontam, benchmarks) for path in list_shards(directory)]
 
 
 def copy_tree(source: Path, destination: str) -> int:
@@ -53,20 +49,22 @@ def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     """Validate the cleaned shards with the Great Expectations suite and write its Data Docs."""
     # Imported here: Great Expectations takes ~3 s to import and worker processes do not need it.
     from components.validate import gx_project
+    from components.validate.sharded import validate_shards
     from components.validate.suite import build_suite, failure_message, failures
 
     source = io.input("documents")
     output = io.require_output("validate")
-    frame, shards = load_documents(source, job, context)
-    if frame.empty:  # every expectation holds vacuously on nothing: that is not a pass
+    tasks = shard_tasks(source, job)
+    suite = build_suite(job)
+    checked = validate_shards(tasks, suite, job.validate_.samples, context.executor)
+    if checked.documents == 0:  # every expectation holds vacuously on nothing: that is not a pass
         raise StageError(
-            f"validate: {source} holds no document ({shards} empty shard(s)); nothing to validate. "
+            f"validate: {source} holds no document ({checked.shards} empty shard(s)); nothing to validate. "
             "The earlier stages dropped everything: see their reports and `codemill inspect STAGE`."
         )
-    suite = build_suite(job)
     gx_context = gx_project.open_context(Path.cwd())
-    result = gx_project.validate(gx_context, suite, frame, job.validate_.samples)
-    validation = next(iter(result.run_results.values()))
+    validation = checked.result
+    gx_project.record(gx_context, suite, validation, job.validate_.samples)
     found = failures(validation, suite)
 
     docs = gx_project.data_docs_dir(gx_context)
@@ -74,7 +72,7 @@ def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
         docs_files = copy_tree(docs, tmp)
 
     evaluated = int(validation.statistics["evaluated_expectations"])
-    report = StageReport(stage="validate", files_in=len(frame), bytes_in=content_bytes(frame))
+    report = StageReport(stage="validate", files_in=checked.documents, bytes_in=checked.content_bytes)
     report.metrics.update(
         {
             "expectations_evaluated": evaluated,
@@ -85,7 +83,7 @@ def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     report.details.update(
         {
             "suite": suite.name,
-            "shards": shards,
+            "shards": checked.shards,
             "data_docs": f"{output.rstrip('/')}/index.html",
             "data_docs_files": docs_files,
             "failures": [failure.describe() for failure in found],

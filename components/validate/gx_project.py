@@ -12,16 +12,21 @@ params change shows up as a diff of the suite JSON.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
-import pandas as pd
-from great_expectations.checkpoint.checkpoint import CheckpointResult
 from great_expectations.core.batch_definition import BatchDefinition
+from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
 
 DATASOURCE = "codemill"
 ASSET = "documents"
@@ -92,12 +97,25 @@ def clear_results(context: AbstractDataContext) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def validate(
-    context: AbstractDataContext, suite: gx.ExpectationSuite, frame: pd.DataFrame, samples: int
-) -> CheckpointResult:
-    """Validate ``frame`` against ``suite`` with the checkpoint and build the Data Docs of this run."""
+def record(
+    context: AbstractDataContext, suite: gx.ExpectationSuite, result: ExpectationSuiteValidationResult, samples: int
+) -> None:
+    """Save ``suite`` with its checkpoint, store ``result`` as this run's only validation, build Data Docs.
+
+    The checkpoint validates one dataframe (run it by hand on a frame); the stage validates shard by
+    shard (``sharded.py``) and stores the merged result under the same suite, so the site shows it as one
+    validation.
+    """
     clear_results(context)
     checkpoint = checkpoint_for(context, suite, samples)
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    definition = checkpoint.validation_definitions[0]
+    run_id = RunIdentifier(run_time=dt.datetime.now(dt.timezone.utc))
+    result.meta.update(
+        run_id=run_id, validation_time=run_id.run_time, validation_id=definition.id, checkpoint_id=checkpoint.id
+    )
+    suite_id = ExpectationSuiteIdentifier(name=suite.name)
+    key = ValidationResultIdentifier(
+        expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id
+    )
+    context.validation_results_store.store_validation_results(result, key, suite_id)
     context.build_data_docs()
-    return result

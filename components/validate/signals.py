@@ -11,7 +11,7 @@ worker processes:
 
 Frames are indexed by ``repo/path`` so failures name the documents. Only the base columns
 (``components.shards.BASE_SCHEMA``) are read; stage columns (quality signals...) are not validated.
-This module must stay light to import (worker processes import it): no Great Expectations here.
+No Great Expectations here: ``sharded.py`` validates the frames.
 """
 
 from __future__ import annotations
