@@ -330,6 +330,7 @@ def test_files_source_reads_saved_dataset(tmp_path: Path) -> None:
 
 
 def test_same_corpus_gives_identical_shards_whatever_the_workers(tmp_path: Path) -> None:
+    """Runs of 200 bytes (many per task) merged in (repo, path) order, on 1 and 2 workers alike."""
     corpus = write_files(
         tmp_path / "corpus", {f"r{i % 3}/m{i}.py": f"value = {i}\n" * (i + 1) for i in range(12)}
     )
@@ -346,10 +347,14 @@ def test_same_corpus_gives_identical_shards_whatever_the_workers(tmp_path: Path)
     first = call_stage(
         STAGE, make_params(ingest=params, data=data, executor={"workers": 1}), [], str(tmp_path / "a")
     )
-    second = call_stage(
-        STAGE, make_params(ingest=params, data=data, executor={"workers": 2}), [], str(tmp_path / "b")
-    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    executor = {"workers": 2, "work_dir": str(scratch)}
+    second = call_stage(STAGE, make_params(ingest=params, data=data, executor=executor), [], str(tmp_path / "b"))
 
+    assert list(scratch.iterdir()) == [], "the sorted runs are removed"
+    keys = [(row["repo"], row["path"]) for row in documents(tmp_path / "a")]
+    assert keys == sorted(keys)
     assert len(shard_bytes(tmp_path / "a")) > 1
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
     ids = [row["id"] for row in documents(tmp_path / "a")]

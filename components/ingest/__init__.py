@@ -2,26 +2,30 @@
 
 Sources (``ingest.sources``) are listed first (:mod:`components.ingest.sources`), then read in
 parallel tasks (:mod:`components.ingest.readers`); bad files are skipped and counted by reason.
-All kept documents are then sorted by (repo, path), so the output does not depend on directory
-order or on the number of workers, capped (``max_files``/``max_bytes``: the longest prefix that
-fits) and written with :class:`~components.shards.ShardWriter`. Documents are held in memory
-between reading and writing, which suits corpora of up to a few GB.
+Each task writes its documents as sorted runs of at most ``data.shard_bytes`` in a scratch directory
+(``executor.work_dir``); the stage merges the runs into (repo, path) order, so the output does not
+depend on directory order or on the number of workers, caps it (``max_files``/``max_bytes``: the
+longest prefix that fits) and writes it with :class:`~components.shards.ShardWriter`. Memory is
+bounded by the shard size: a worker holds one run, the stage a row group of each run and one shard.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import StageError
-from components.ingest.readers import FileRules, read_task
+from components.ingest.readers import FileRules, read_runs, read_task
 from components.ingest.sources import plan_source
 from components.params import StageContext
 from components.params.ingest import IngestConfig
 from components.report import ShardResult, StageReport
 from components.shards import BASE_SCHEMA, ShardWriter, shard_name
 from components.stage_runner import Exclusions, Stage, StageIO, shard_outputs
+from components.storage import work_directory
 
 DUPLICATE_PATH = "duplicate_path"
 CAP_MAX_FILES = "cap_max_files"
@@ -57,37 +61,70 @@ class SourceCounts:
 
 
 def select_documents(
-    documents: list[tuple[int, dict[str, Any]]], max_files: int | None, max_bytes: int | None
-) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str, dict[str, Any]]]]:
-    """Sort ``(source_index, document)`` pairs by (repo, path, source) and apply the caps.
+    documents: Iterable[tuple[int, dict[str, Any]]], max_files: int | None, max_bytes: int | None
+) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
+    """Apply the caps to ``(source_index, document)`` pairs in (repo, path, source) order.
 
     A (repo, path) seen twice keeps its first source. The caps keep the longest prefix with at most
-    ``max_files`` documents and ``max_bytes`` content bytes. Returns the kept pairs and
-    ``(source_index, reason, document)`` for every document left out.
+    ``max_files`` documents and ``max_bytes`` content bytes. Yields ``(source_index, reason, document)``
+    for every document, ``reason`` ``None`` for a kept one.
     """
-    documents = sorted(documents, key=lambda pair: (pair[1]["repo"], pair[1]["path"], pair[0]))
-    kept: list[tuple[int, dict[str, Any]]] = []
-    left_out: list[tuple[int, str, dict[str, Any]]] = []
+    kept = 0
     total_bytes = 0
     cap_reason: str | None = None
     previous_key: tuple[str, str] | None = None
     for source_index, document in documents:
         key = (document["repo"], document["path"])
         if key == previous_key:
-            left_out.append((source_index, DUPLICATE_PATH, document))
+            yield source_index, DUPLICATE_PATH, document
             continue
         previous_key = key
         if cap_reason is None:
-            if max_files is not None and len(kept) >= max_files:
+            if max_files is not None and kept >= max_files:
                 cap_reason = CAP_MAX_FILES
             elif max_bytes is not None and total_bytes + document["size_bytes"] > max_bytes:
                 cap_reason = CAP_MAX_BYTES
         if cap_reason is not None:
-            left_out.append((source_index, cap_reason, document))
+            yield source_index, cap_reason, document
             continue
-        kept.append((source_index, document))
+        kept += 1
         total_bytes += document["size_bytes"]
-    return kept, left_out
+        yield source_index, None, document
+
+
+@dataclass
+class Written:
+    """What :func:`write_documents` wrote: files, shards, the repos and the files per language."""
+
+    files: int = 0
+    shards: int = 0
+    repos: set[str] = field(default_factory=set)
+    languages: Counter[str] = field(default_factory=Counter)
+
+
+def write_documents(
+    documents: Iterable[tuple[int, dict[str, Any]]],
+    config: IngestConfig,
+    counts: list[SourceCounts],
+    directory: str,
+    shard_bytes: int,
+) -> Written:
+    """Write the documents the caps keep as shards of ``directory``; count the others as left out."""
+    written = Written()
+    writer = ShardWriter(directory, BASE_SCHEMA, shard_bytes)
+    for source_index, reason, document in select_documents(documents, config.max_files, config.max_bytes):
+        source_counts = counts[source_index]
+        if reason is not None:
+            source_counts.excluded.drop(reason, {name: document[name] for name in EXCLUDED_FIELDS})
+            continue
+        writer.add(document)
+        source_counts.files_out += 1
+        source_counts.bytes_out += document["size_bytes"]
+        written.files += 1
+        written.repos.add(document["repo"])
+        written.languages[document["lang"]] += 1
+    written.shards = len(writer.close())
+    return written
 
 
 def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport:
@@ -104,49 +141,37 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
         counts[index].files_in += plan.excluded.counts.total()
         counts[index].excluded.merge(plan.excluded)
 
-    documents: list[tuple[int, dict[str, Any]]] = []
-    for result in map_shards(read_task, tasks, context.executor):
-        source_counts = counts[result.source_index]
-        source_counts.files_in += result.files_seen
-        source_counts.bytes_in += result.bytes_read
-        source_counts.excluded.merge(result.excluded)
-        documents.extend((result.source_index, document) for document in result.documents)
-    for source, source_counts in zip(config.sources, counts, strict=True):
-        if source_counts.files_in == 0:
-            found = "rows" if source.kind == "files" else "files"
-            raise StageError(f"ingest: {source.describe()}: no {found} found")
-
-    kept, left_out = select_documents(documents, config.max_files, config.max_bytes)
-    for source_index, reason, document in left_out:
-        counts[source_index].excluded.drop(reason, {name: document[name] for name in EXCLUDED_FIELDS})
-    if not kept:
-        seen = sum(c.files_in for c in counts)
-        drops = sum((c.excluded.counts for c in counts), Counter())
-        raise StageError(
-            f"ingest: no document kept out of {seen} files seen (skipped: {dict(sorted(drops.items()))}); "
-            f"check ingest.languages={config.languages} and the caps"
-        )
-
-    languages: Counter[str] = Counter()
-    with shard_outputs(output) as out:
-        writer = ShardWriter(out.output, BASE_SCHEMA, context.data.shard_bytes)
-        for source_index, document in kept:
-            writer.add(document)
-            counts[source_index].files_out += 1
-            counts[source_index].bytes_out += document["size_bytes"]
-            languages[document["lang"]] += 1
-        shard_count = len(writer.close())
-        for index, source_counts in enumerate(counts):
-            source_counts.excluded.write(out.exclusions(shard_name(index)))
+    with work_directory(context.executor.work_dir, prefix="codemill-ingest-") as runs_dir:
+        read = functools.partial(read_task, runs_dir=runs_dir, run_bytes=context.data.shard_bytes)
+        results = map_shards(read, tasks, context.executor)
+        for result in results:
+            source_counts = counts[result.source_index]
+            source_counts.files_in += result.files_seen
+            source_counts.bytes_in += result.bytes_read
+            source_counts.excluded.merge(result.excluded)
+        for source, source_counts in zip(config.sources, counts, strict=True):
+            if source_counts.files_in == 0:
+                found = "rows" if source.kind == "files" else "files"
+                raise StageError(f"ingest: {source.describe()}: no {found} found")
+        with shard_outputs(output) as out:
+            written = write_documents(read_runs(results), config, counts, out.output, context.data.shard_bytes)
+            if not written.files:
+                seen = sum(c.files_in for c in counts)
+                drops = sum((c.excluded.counts for c in counts), Counter())
+                raise StageError(
+                    f"ingest: no document kept out of {seen} files seen (skipped: "
+                    f"{dict(sorted(drops.items()))}); check ingest.languages={config.languages} and the caps"
+                )
+            for index, source_counts in enumerate(counts):
+                source_counts.excluded.write(out.exclusions(shard_name(index)))
 
     report = StageReport("ingest")
     for source_counts in counts:
         report.add(source_counts.result())
-    repos = len({document["repo"] for _, document in kept})
-    report.metrics = {"repos": repos, "shards": shard_count}
+    report.metrics = {"repos": len(written.repos), "shards": written.shards}
     report.details = {
         "sources": [source_counts.as_dict() for source_counts in counts],
-        "languages": dict(sorted(languages.items())),
+        "languages": dict(sorted(written.languages.items())),
     }
     return report
 

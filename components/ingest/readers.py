@@ -3,24 +3,31 @@
 Work comes as picklable tasks (a chunk of local files, or one table file / saved dataset) so that
 :func:`read_task` can be mapped over them with ``components.executor.map_shards``. Every skip goes
 through the same checks and is recorded in ``TaskResult.excluded`` under one of the reasons below.
+Kept documents go to :class:`SortedRuns`: Parquet files of at most ``run_bytes`` of content, each sorted
+by (repo, path), in a scratch directory; the stage merges the runs. A task holds one run, never its
+whole output.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
+import heapq
 import json
 import math
 import os
 import stat
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 from components.errors import StageError
 from components.ingest.languages import language_of, language_table, normalize_language
 from components.params.ingest import IngestConfig
-from components.shards import filesystem, make_document
+from components.shards import BASE_SCHEMA, filesystem, make_document, write_shard
 from components.stage_runner import Exclusions
 
 # Skip reasons (report.drops keys).
@@ -52,6 +59,8 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 REQUIRED_COLUMNS = ("content", "repo", "path")
 
 ROWS_PER_BATCH = 1024
+#: Rows per row group of a sorted run: what the merge holds of each run at a time.
+RUN_ROW_GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,66 @@ class FileRules:
         return lang, None
 
 
+class SortedRuns:
+    """A task's kept documents as sorted runs: Parquet files of at most ``run_bytes`` of content each,
+    sorted (stably) by (repo, path), under ``directory``."""
+
+    def __init__(self, directory: str, run_bytes: int):
+        self.directory = directory.rstrip("/")
+        self.run_bytes = run_bytes
+        self.paths: list[str] = []
+        self.documents = 0
+        self._pending: list[dict[str, Any]] = []
+        self._bytes = 0
+
+    def add(self, document: dict[str, Any]) -> None:
+        """Add one document (a BASE_SCHEMA row); writes a run when ``run_bytes`` is reached."""
+        self._pending.append(document)
+        self.documents += 1
+        self._bytes += document["size_bytes"]
+        if self._bytes >= self.run_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending documents as one sorted run (no-op when none)."""
+        if not self._pending:
+            return
+        self._pending.sort(key=lambda document: (document["repo"], document["path"]))
+        path = f"{self.directory}/run-{uuid.uuid4().hex}.parquet"
+        write_shard(pa.Table.from_pylist(self._pending, schema=BASE_SCHEMA), path, row_group_size=RUN_ROW_GROUP)
+        self.paths.append(path)
+        self._pending, self._bytes = [], 0
+
+
 @dataclass
 class TaskResult:
-    """Documents (BASE_SCHEMA rows) read by one task, with its skip counts."""
+    """What one task read: its sorted runs of documents (BASE_SCHEMA rows), with its skip counts."""
 
     source_index: int
-    documents: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    documents: int = 0
     excluded: Exclusions = field(default_factory=Exclusions)
     files_seen: int = 0
     bytes_read: int = 0
+
+
+def read_runs(results: Sequence[TaskResult]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(source_index, document)`` of every run of ``results`` in (repo, path, source) order.
+
+    A k-way merge, a row group of each run at a time. Ties keep task order, then reading order, so the
+    order is the one a stable sort of all documents would give.
+    """
+
+    def rows(path: str, source_index: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        import pyarrow.parquet as pq
+
+        fs, fs_path = filesystem(path)
+        for batch in pq.ParquetFile(fs_path, filesystem=fs).iter_batches(batch_size=RUN_ROW_GROUP):
+            for document in batch.to_pylist():
+                yield source_index, document
+
+    streams = [rows(path, result.source_index) for result in results for path in result.runs]
+    return heapq.merge(*streams, key=lambda pair: (pair[1]["repo"], pair[1]["path"], pair[0]))
 
 
 def decode_content(data: bytes | str, max_file_bytes: int) -> tuple[str | None, str | None]:
@@ -160,8 +220,8 @@ class LocalFilesTask:
     files: tuple[LocalFile, ...]
     rules: FileRules
 
-    def read(self) -> TaskResult:
-        """Read every file of the chunk; skipped files are counted by reason."""
+    def read(self, out: SortedRuns) -> TaskResult:
+        """Read every file of the chunk into ``out``; skipped files are counted by reason."""
         result = TaskResult(self.source_index, files_seen=len(self.files))
         for file in self.files:
             lang, reason = self.rules.language(file.path)
@@ -175,7 +235,7 @@ class LocalFilesTask:
                 where = {"repo": file.repo, "path": file.path, "lang": lang}
                 result.excluded.drop(reason or UNREADABLE, where)
                 continue
-            result.documents.append(make_document(file.repo, file.path, lang, text, file.license))
+            out.add(make_document(file.repo, file.path, lang, text, file.license))
         return result
 
 
@@ -236,18 +296,18 @@ class TableTask:
     repo_prefix: str
     rules: FileRules
 
-    def read(self) -> TaskResult:
-        """Turn every row into a document or a counted skip."""
+    def read(self, out: SortedRuns) -> TaskResult:
+        """Turn every row into a document in ``out`` or a counted skip."""
         result = TaskResult(self.source_index)
         mapping: dict[str, str] | None = None
         for rows in self._row_batches(result):
             for row in rows:
                 if mapping is None:
                     mapping = resolve_columns(list(row), self.columns, self.url)
-                self._add_row(row, mapping, result)
+                self._add_row(row, mapping, result, out)
         return result
 
-    def _add_row(self, row: dict[str, Any], mapping: dict[str, str], result: TaskResult) -> None:
+    def _add_row(self, row: dict[str, Any], mapping: dict[str, str], result: TaskResult, out: SortedRuns) -> None:
         result.files_seen += 1
         repo, path = row.get(mapping["repo"]), row.get(mapping["path"])
         if not isinstance(repo, str) or not isinstance(path, str) or not repo or not path:
@@ -271,7 +331,7 @@ class TableTask:
             return
         license = license_text(row.get(mapping["license"])) if "license" in mapping else None
         stars = star_count(row.get(mapping["stars"])) if "stars" in mapping else None
-        result.documents.append(make_document(repo, path, lang, text, license, stars))
+        out.add(make_document(repo, path, lang, text, license, stars))
 
     def _row_batches(self, result: TaskResult) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, a batch at a time, whatever the format."""
@@ -323,6 +383,11 @@ def _dataset_batches(url: str, storage_options: dict[str, Any]) -> Iterator[list
 Task = LocalFilesTask | TableTask
 
 
-def read_task(task: Task) -> TaskResult:
-    """Run one task (module-level so ``map_shards`` can send it to a worker process)."""
-    return task.read()
+def read_task(task: Task, runs_dir: str, run_bytes: int) -> TaskResult:
+    """Run one task, its documents written as sorted runs under ``runs_dir`` (module-level so
+    ``map_shards`` can send it to a worker process)."""
+    runs = SortedRuns(runs_dir, run_bytes)
+    result = task.read(runs)
+    runs.flush()
+    result.runs, result.documents = runs.paths, runs.documents
+    return result
