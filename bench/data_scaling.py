@@ -1,21 +1,34 @@
-"""Data-stage throughput with the local executor, 1 and 2 Dask workers on this machine, in one run.
+"""Data-stage throughput: by executor on the default corpus, and (``--scales``) by corpus size.
 
-Runs ingest -> curate -> dedup -> clean on the project's params (the Python standard library by default)
-once per executor, each in a fresh temporary directory with a throwaway MLflow store, as `dvc repro`
-runs them. The Dask runs start a LocalCluster (worker processes of one thread each) and pass its address
-as ``executor.address``; cluster start-up is not counted. MB/s = stage input bytes / stage seconds, from
-each stage's own report. It also checks that every executor wrote byte-identical shards.
+Default: ingest -> curate -> dedup -> clean on the project's params (the Python standard library by
+default) once per executor (local pool, 1 and 2 Dask workers), each in a fresh temporary directory with a
+throwaway MLflow store, as `dvc repro` runs them. The Dask runs start a LocalCluster (worker processes of
+one thread each) and pass its address as ``executor.address``; cluster start-up is not counted. MB/s =
+stage input bytes / stage seconds, from each stage's own report. It also checks that every executor wrote
+byte-identical shards.
+
+``--scales 1 4 16``: corpora of 1, 4 and 16 times the default corpus's size, built from the code on the
+machine (``bench/corpora.py``: standard library and site-packages, every language the extension table
+knows, with near and exact copies) as a Stack-style ``files`` source; ingest -> curate -> dedup -> clean
+-> validate, each stage its own process as under ``dvc repro``, on the local pool and on 2 Dask workers.
+Peak RSS is sampled (psutil, every 50 ms) for the stage process and, separately, the largest worker
+process (the pool's or Dask's).
 
     python bench/data_scaling.py [--repeats N] [--shard-bytes B] [--no-write]
+    python bench/data_scaling.py --scales 1 4 16 [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +40,9 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
+import yaml  # noqa: E402
 from benchdoc import publish  # noqa: E402
+from corpora import CodeCorpus, code_corpus  # noqa: E402
 
 from components.executor import map_shards  # noqa: E402
 from components.params import ExecutorConfig, load_params, yaml_text  # noqa: E402
@@ -36,7 +51,11 @@ from components.shards import shard_name  # noqa: E402
 from components.stage_runner import run_stage  # noqa: E402
 
 SECTION = "## Data-stage scaling"
+SCALE_SECTION = "## Data stages at 1x, 4x and 16x the corpus"
 STAGES = ["ingest", "curate", "dedup", "clean"]
+SCALE_STAGES = [*STAGES, "validate"]
+#: Seconds between RSS samples.
+SAMPLE_S = 0.05
 
 
 @dataclass
@@ -168,13 +187,232 @@ def markdown(
     return "\n".join(lines)
 
 
+@dataclass
+class StageSample:
+    """One stage process at one scale: its report's bytes and seconds, and the peak RSS seen."""
+
+    stage: str
+    mb_in: float
+    seconds: float
+    stage_rss_mb: float
+    worker_rss_mb: float
+    ok: bool
+
+
+def peak_rss(process: subprocess.Popen[bytes], worker_pids: list[int]) -> tuple[float, float]:
+    """Sample until ``process`` ends: the peak RSS (MB) of the process itself, and of its largest worker
+    (its child processes, and the Dask workers ``worker_pids``)."""
+    import psutil
+
+    stage = psutil.Process(process.pid)
+    dask_workers = [psutil.Process(pid) for pid in worker_pids]
+    stage_peak = worker_peak = 0
+    while process.poll() is None:
+        with contextlib.suppress(psutil.Error):  # the process ended between poll() and now
+            stage_peak = max(stage_peak, stage.memory_info().rss)
+            for worker in [*stage.children(recursive=True), *dask_workers]:
+                with contextlib.suppress(psutil.Error):
+                    worker_peak = max(worker_peak, worker.memory_info().rss)
+        time.sleep(SAMPLE_S)
+    return stage_peak / 1e6, worker_peak / 1e6
+
+
+def run_scaled_stages(
+    corpus: Path, address: str | None, worker_pids: list[int], work: Path
+) -> list[StageSample]:
+    """The five stages on ``corpus`` as separate processes in ``work`` (a params.yaml and gx/ there)."""
+    overrides = {
+        "ingest.sources": [{"kind": "files", "paths": [f"{corpus}/*.parquet"]}],
+        "ingest.languages": None,
+        "ingest.max_bytes": None,
+        "executor.workers": 2,
+        "executor.address": address,
+    }
+    params = load_params(
+        PROJECT_ROOT / "params.yaml", overrides={k: yaml_text(v) for k, v in overrides.items()}
+    )
+    (work / "params.yaml").write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json")))
+    shutil.copytree(PROJECT_ROOT / "gx", work / "gx", ignore=shutil.ignore_patterns("uncommitted"))
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    samples, previous = [], None
+    for stage in SCALE_STAGES:
+        output = "reports/data_docs" if stage == "validate" else f"data/{stage}"
+        command = [sys.executable, "-m", f"components.{stage}", "--output", output]
+        command += ["--input", previous] if previous else []
+        start = time.perf_counter()
+        with open(work / f"{stage}.log", "wb") as log:
+            process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            stage_rss, worker_rss = peak_rss(process, worker_pids)
+        wall = time.perf_counter() - start
+        report = (
+            json.loads((work / "reports" / f"{stage}.json").read_text()) if process.returncode == 0 else {}
+        )
+        samples.append(
+            StageSample(
+                stage,
+                report.get("bytes_in", 0) / 1e6,
+                report.get("seconds", wall),
+                stage_rss,
+                worker_rss,
+                process.returncode == 0,
+            )
+        )
+        print(
+            f"  {stage}: {samples[-1].seconds:.1f} s, stage {stage_rss:.0f} MB, worker {worker_rss:.0f} MB",
+            flush=True,
+        )
+        if process.returncode != 0:
+            print((work / f"{stage}.log").read_text()[-3000:], file=sys.stderr)
+            break
+        previous = output
+    return samples
+
+
+@dataclass
+class ScalePoint:
+    """One corpus size on one executor."""
+
+    scale: int
+    corpus: CodeCorpus
+    samples: list[StageSample]
+
+
+def scale_table(label: str, points: list[ScalePoint]) -> list[str]:
+    """Per stage: seconds, MB/s, seconds per MB against the smallest scale, and the two peaks."""
+    scales = [point.scale for point in points]
+    head = " | ".join(f"{scale}x" for scale in scales)
+    lines = [
+        f"**{label}**",
+        "",
+        f"| stage | MB in ({head}) | seconds ({head}) | MB/s ({head}) | s/MB vs 1x "
+        f"| stage peak RSS MB ({head}) | worker peak RSS MB ({head}) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for index, stage in enumerate(SCALE_STAGES):
+        rows = [point.samples[index] if index < len(point.samples) else None for point in points]
+        failed = [f"{point.scale}x" for point, row in zip(points, rows, strict=True) if not (row and row.ok)]
+        if failed:
+            lines.append(f"| {stage} | failed at {', '.join(failed)} |")
+            continue
+        cells = [
+            " / ".join(f"{row.mb_in:.0f}" for row in rows),
+            " / ".join(f"{row.seconds:.1f}" for row in rows),
+            " / ".join(f"{row.mb_in / row.seconds:.1f}" for row in rows),
+            " / ".join(
+                f"{(row.seconds / row.mb_in) / (rows[0].seconds / rows[0].mb_in):.2f}" for row in rows
+            ),
+            " / ".join(f"{row.stage_rss_mb:.0f}" for row in rows),
+            " / ".join(f"{row.worker_rss_mb:.0f}" for row in rows),
+        ]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def seconds_per_mb(point: ScalePoint) -> float:
+    """All stages' seconds over the corpus's MB."""
+    return sum(sample.seconds for sample in point.samples) / (point.corpus.bytes / 1e6)
+
+
+def scale_markdown(
+    runs: dict[str, list[ScalePoint]], args: argparse.Namespace, load: tuple[float, float]
+) -> str:
+    """The section for docs/benchmarks.md; its last line is the headline."""
+    first = next(iter(runs.values()))
+    lines = [
+        SCALE_SECTION,
+        "",
+        "Command (from the project root): "
+        f"`python bench/data_scaling.py --scales {' '.join(map(str, args.scales))}`",
+        "",
+        f"Machine: {os.cpu_count()} cores shared with other jobs (load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end), Python {platform.python_version()}. Corpus: `bench/corpora.py`'s "
+        "`code_corpus`, the standard library and this venv's site-packages (every language the extension "
+        "table knows), every 10th file with a near copy in a fork and every 20th with an exact copy in a "
+        "mirror, as a Stack-style `files` source of 8 MB Parquet files; 1x is the default corpus's size "
+        f"({BASE_CORPUS_BYTES / 1e6:.0f} MB). Stages: each its own process, as under `dvc repro`, with "
+        "`ingest.languages: null`, no byte cap, `executor.workers: 2`. seconds and MB in from each stage's "
+        "report; s/MB vs 1x = the stage's seconds per input MB over the same at 1x (1.00 = linear). Peak RSS "
+        "sampled every 50 ms: the stage process, and the largest worker process (pool or Dask).",
+        "",
+        "| scale | files | MB | near copies | exact copies | table files |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for point in first:
+        corpus = point.corpus
+        lines.append(
+            f"| {point.scale}x | {corpus.files:,} | {corpus.bytes / 1e6:.0f} | {corpus.near_copies:,} "
+            f"| {corpus.exact_copies:,} | {len(corpus.paths)} |"
+        )
+    lines.append("")
+    for label, points in runs.items():
+        lines += scale_table(label, points)
+    for label, points in runs.items():
+        if all(len(point.samples) == len(SCALE_STAGES) for point in points):
+            ratio = seconds_per_mb(points[-1]) / seconds_per_mb(points[0])
+            lines.append(
+                f"{label}: all five stages {seconds_per_mb(points[0]):.2f} s/MB at {points[0].scale}x, "
+                f"{seconds_per_mb(points[-1]):.2f} s/MB at {points[-1].scale}x ({ratio:.2f}x)."
+            )
+    lines.append("")
+    local = runs[next(iter(runs))]
+    ratio = seconds_per_mb(local[-1]) / seconds_per_mb(local[0])
+    lines.append(f"data_scale_{local[-1].scale}x_seconds_per_mb_vs_1x: {ratio:.2f}x")
+    return "\n".join(lines) + "\n"
+
+
+#: The default corpus's content bytes (the standard library's Python files, 1,760 kept of 2,450).
+BASE_CORPUS_BYTES = 31_500_000
+
+
+def scale_study(args: argparse.Namespace) -> None:
+    """Build the corpora, run the stages on each executor, and publish the section."""
+    load = os.getloadavg()
+    runs: dict[str, list[ScalePoint]] = {"local, 2 processes": [], "Dask, 2 workers": []}
+    with tempfile.TemporaryDirectory(prefix="codemill-scales-") as root:
+        for scale in args.scales:
+            corpus = code_corpus(Path(root) / f"corpus-{scale}x", scale * BASE_CORPUS_BYTES)
+            print(f"{scale}x: {corpus.files:,} files, {corpus.bytes / 1e6:.0f} MB", flush=True)
+            for label, workers in (("local, 2 processes", None), ("Dask, 2 workers", 2)):
+                with dask_cluster(workers) as address:
+                    pids = dask_worker_pids(address)
+                    work = Path(root) / f"work-{scale}x-{workers or 0}"
+                    work.mkdir()
+                    print(f" {label}", flush=True)
+                    runs[label].append(
+                        ScalePoint(
+                            scale, corpus, run_scaled_stages(corpus.paths[0].parent, address, pids, work)
+                        )
+                    )
+                    shutil.rmtree(work)
+            shutil.rmtree(corpus.paths[0].parent)
+    publish(scale_markdown(runs, args, (load[0], os.getloadavg()[0])), write=not args.no_write)
+
+
+def dask_worker_pids(address: str | None) -> list[int]:
+    """The process ids of the cluster's workers (none for the local executor)."""
+    if address is None:
+        return []
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        return list(client.run(os.getpid).values())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the three executors and update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="passes per executor (best per stage)")
     parser.add_argument("--shard-bytes", type=int, default=None, help="data.shard_bytes (default: params)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--scales", type=int, nargs="+", default=None, help="corpus sizes, e.g. 1 4 16")
     args = parser.parse_args(argv)
+    if args.scales:
+        scale_study(args)
+        return
 
     load = os.getloadavg()
     base: dict[str, object] = {} if args.shard_bytes is None else {"data.shard_bytes": args.shard_bytes}

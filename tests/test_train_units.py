@@ -359,6 +359,30 @@ def test_long_context_profile_is_8k_with_activation_checkpointing_and_the_same_t
     assert model.config.max_position_embeddings == 8192 and 125e6 <= count_params(model) <= 350e6
 
 
+def test_gpu_smoke_profile_fits_an_eight_minute_window_with_pretraining_most_of_it() -> None:
+    """The profile's sizing (infra/profiles/gpu-smoke.yaml): pretraining takes 1-4 of the 8 minutes at
+    20-40% MFU of an H200's ~790 TFLOP/s sustained bf16, and the chain evaluates HumanEval only."""
+    params = load_params(
+        PROJECT_ROOT / "params.yaml", overlays=[PROJECT_ROOT / "infra/profiles/gpu-smoke.yaml"]
+    )
+    train, model_config = params.train, params.model
+    assert train.precision == "bf16" and train.num_gpus == 1 and model_config.attn_implementation == "sdpa"
+    assert [benchmark.name for benchmark in params.evaluate.benchmarks] == ["humaneval"]
+    assert params.evaluate.batch_size == "auto" and not params.evaluate.sampling
+    with torch.device("meta"):
+        model = build_model(hf_config(model_config, params.tokenize.vocab_size, eos_id=0))
+    n_params = count_params(model)
+    assert 100e6 <= n_params <= 170e6
+    flops = metrics.flops_per_token(
+        flops_params(model), model_config.layers, model_config.hidden, model_config.seq_len
+    )
+    tokens = params.pretrain.steps * train.micro_batch * train.grad_accum * model_config.seq_len
+    sustained = 790e12
+    seconds_at = {mfu: tokens * flops / (sustained * mfu) for mfu in (0.2, 0.4)}
+    assert 60 <= seconds_at[0.4] and seconds_at[0.2] <= 6 * 60, seconds_at
+    assert params.anneal.steps <= params.pretrain.steps // 5
+
+
 def test_attention_kernel_and_activation_checkpointing_change_memory_not_results() -> None:
     from components.errors import StageError
     from components.train.model import check_attention
