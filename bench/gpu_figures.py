@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["roofline", "summary"])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, default=None, help="folder holding the evaluate stage's eval.json")
+    parser.add_argument(
+        "--eval", type=Path, default=None, help="folder holding the evaluate stage's eval.json"
+    )
     args = parser.parse_args(argv)
     if args.step == "roofline":
         roofline(args.out)

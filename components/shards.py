@@ -104,15 +104,13 @@ def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(fs_path, filesystem=fs, columns=columns)
 
 
-def write_shard(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
-    """Write one shard deterministically (same table -> same bytes), in row groups of ``row_group_size``
-    rows (default: pyarrow's)."""
+def write_shard(table: pa.Table, path: str) -> None:
+    """Write one shard deterministically (same table -> same bytes)."""
     fs, fs_path = filesystem(path)
     pq.write_table(
         table,
         fs_path,
         filesystem=fs,
-        row_group_size=row_group_size,
         compression="zstd",
         write_statistics=False,
         store_schema=True,

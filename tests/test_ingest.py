@@ -350,7 +350,9 @@ def test_same_corpus_gives_identical_shards_whatever_the_workers(tmp_path: Path)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     executor = {"workers": 2, "work_dir": str(scratch)}
-    second = call_stage(STAGE, make_params(ingest=params, data=data, executor=executor), [], str(tmp_path / "b"))
+    second = call_stage(
+        STAGE, make_params(ingest=params, data=data, executor=executor), [], str(tmp_path / "b")
+    )
 
     assert list(scratch.iterdir()) == [], "the sorted runs are removed"
     keys = [(row["repo"], row["path"]) for row in documents(tmp_path / "a")]
@@ -360,6 +362,31 @@ def test_same_corpus_gives_identical_shards_whatever_the_workers(tmp_path: Path)
     ids = [row["id"] for row in documents(tmp_path / "a")]
     assert len(ids) == len(set(ids)) == 24
     assert first.to_dict() | {"seconds": 0} == second.to_dict() | {"seconds": 0}
+
+
+def test_merging_two_runs_at_a_time_gives_the_same_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many runs merged in several levels (fan-in 2) give the bytes of one merge of them all."""
+    import components.ingest
+    from components.ingest import runs
+
+    corpus = write_files(
+        tmp_path / "corpus", {f"r{i % 5}/m{i:02d}.py": f"value = {i}\n" * 9 for i in range(40)}
+    )
+    copies = write_files(
+        tmp_path / "copies", {f"r{i % 5}/m{i:02d}.py": f"copy = {i}\n" * 9 for i in range(0, 40, 3)}
+    )
+    sources = [{"kind": "local", "paths": [str(corpus)]}, {"kind": "local", "paths": [str(copies)]}]
+    params = make_params(ingest={"sources": sources}, data={"shard_bytes": 300}, executor={"workers": 1})
+    call_stage(STAGE, params, [], str(tmp_path / "one-merge"))
+    monkeypatch.setattr(runs, "MAX_FAN_IN", 2)
+    monkeypatch.setattr(components.ingest, "MAX_FAN_IN", 2)
+    report = call_stage(STAGE, params, [], str(tmp_path / "levels"))
+
+    assert shard_bytes(tmp_path / "levels") == shard_bytes(tmp_path / "one-merge")
+    assert report.drops == {"duplicate_path": 14}  # the second source's copies lose to the first's files
+    assert [row["content"][:5] for row in documents(tmp_path / "levels")] == ["value"] * 40
 
 
 def test_same_path_from_two_sources_is_kept_once(tmp_path: Path) -> None:

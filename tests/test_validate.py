@@ -200,7 +200,12 @@ def test_sharded_verdict_is_the_whole_corpus_verdict(project: Path, tmp_path: Pa
     (whole,) = checkpoint.run(batch_parameters={"dataframe": whole_frame}).run_results.values()
 
     def verdict(result: Any) -> list[tuple[object, ...]]:
-        fields = ("element_count", "unexpected_count", "partial_unexpected_list", "partial_unexpected_index_list")
+        fields = (
+            "element_count",
+            "unexpected_count",
+            "partial_unexpected_list",
+            "partial_unexpected_index_list",
+        )
         return sorted(
             (item.expectation_config.id, item.success, *((item.result or {}).get(name) for name in fields))
             for item in result.results

@@ -3,10 +3,11 @@
 Sources (``ingest.sources``) are listed first (:mod:`components.ingest.sources`), then read in
 parallel tasks (:mod:`components.ingest.readers`); bad files are skipped and counted by reason.
 Each task writes its documents as sorted runs of at most ``data.shard_bytes`` in a scratch directory
-(``executor.work_dir``); the stage merges the runs into (repo, path) order, so the output does not
-depend on directory order or on the number of workers, caps it (``max_files``/``max_bytes``: the
-longest prefix that fits) and writes it with :class:`~components.shards.ShardWriter`. Memory is
-bounded by the shard size: a worker holds one run, the stage a row group of each run and one shard.
+(``executor.work_dir``); the stage merges the runs (:mod:`components.ingest.runs`, an external merge
+sort) into (repo, path) order, so the output does not depend on directory order or on the number of
+workers, caps it (``max_files``/``max_bytes``: the longest prefix that fits) and writes it with
+:class:`~components.shards.ShardWriter`. Memory is bounded whatever the corpus size: a worker holds one
+run, a merge one row group of each of at most 16 runs, and the writer one shard.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import StageError
-from components.ingest.readers import FileRules, read_runs, read_task
+from components.ingest.readers import FileRules, read_task
+from components.ingest.runs import MAX_FAN_IN, documents_of, merge_plan, merge_runs, merge_task
 from components.ingest.sources import plan_source
 from components.params import StageContext
 from components.params.ingest import IngestConfig
@@ -153,8 +155,14 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
             if source_counts.files_in == 0:
                 found = "rows" if source.kind == "files" else "files"
                 raise StageError(f"ingest: {source.describe()}: no {found} found")
+        runs = [path for result in results for path in result.runs]
+        level = 0
+        while len(runs) > MAX_FAN_IN:  # merge MAX_FAN_IN at a time until one merge is left
+            runs = map_shards(merge_task, merge_plan(runs, runs_dir, level), context.executor)
+            level += 1
         with shard_outputs(output) as out:
-            written = write_documents(read_runs(results), config, counts, out.output, context.data.shard_bytes)
+            documents = documents_of(merge_runs(runs))
+            written = write_documents(documents, config, counts, out.output, context.data.shard_bytes)
             if not written.files:
                 seen = sum(c.files_in for c in counts)
                 drops = sum((c.excluded.counts for c in counts), Counter())

@@ -3,31 +3,27 @@
 Work comes as picklable tasks (a chunk of local files, or one table file / saved dataset) so that
 :func:`read_task` can be mapped over them with ``components.executor.map_shards``. Every skip goes
 through the same checks and is recorded in ``TaskResult.excluded`` under one of the reasons below.
-Kept documents go to :class:`SortedRuns`: Parquet files of at most ``run_bytes`` of content, each sorted
-by (repo, path), in a scratch directory; the stage merges the runs. A task holds one run, never its
-whole output.
+Kept documents go to :class:`~components.ingest.runs.SortedRuns` (sorted runs in a scratch directory,
+which the stage merges): a task holds one run, never its whole output.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
-import heapq
 import json
 import math
 import os
 import stat
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from components.errors import StageError
 from components.ingest.languages import language_of, language_table, normalize_language
+from components.ingest.runs import SortedRuns
 from components.params.ingest import IngestConfig
-from components.shards import BASE_SCHEMA, filesystem, make_document, write_shard
+from components.shards import filesystem, make_document
 from components.stage_runner import Exclusions
 
 # Skip reasons (report.drops keys).
@@ -59,8 +55,6 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 REQUIRED_COLUMNS = ("content", "repo", "path")
 
 ROWS_PER_BATCH = 1024
-#: Rows per row group of a sorted run: what the merge holds of each run at a time.
-RUN_ROW_GROUP = 64
 
 
 @dataclass(frozen=True)
@@ -94,37 +88,6 @@ class FileRules:
         return lang, None
 
 
-class SortedRuns:
-    """A task's kept documents as sorted runs: Parquet files of at most ``run_bytes`` of content each,
-    sorted (stably) by (repo, path), under ``directory``."""
-
-    def __init__(self, directory: str, run_bytes: int):
-        self.directory = directory.rstrip("/")
-        self.run_bytes = run_bytes
-        self.paths: list[str] = []
-        self.documents = 0
-        self._pending: list[dict[str, Any]] = []
-        self._bytes = 0
-
-    def add(self, document: dict[str, Any]) -> None:
-        """Add one document (a BASE_SCHEMA row); writes a run when ``run_bytes`` is reached."""
-        self._pending.append(document)
-        self.documents += 1
-        self._bytes += document["size_bytes"]
-        if self._bytes >= self.run_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the pending documents as one sorted run (no-op when none)."""
-        if not self._pending:
-            return
-        self._pending.sort(key=lambda document: (document["repo"], document["path"]))
-        path = f"{self.directory}/run-{uuid.uuid4().hex}.parquet"
-        write_shard(pa.Table.from_pylist(self._pending, schema=BASE_SCHEMA), path, row_group_size=RUN_ROW_GROUP)
-        self.paths.append(path)
-        self._pending, self._bytes = [], 0
-
-
 @dataclass
 class TaskResult:
     """What one task read: its sorted runs of documents (BASE_SCHEMA rows), with its skip counts."""
@@ -135,25 +98,6 @@ class TaskResult:
     excluded: Exclusions = field(default_factory=Exclusions)
     files_seen: int = 0
     bytes_read: int = 0
-
-
-def read_runs(results: Sequence[TaskResult]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(source_index, document)`` of every run of ``results`` in (repo, path, source) order.
-
-    A k-way merge, a row group of each run at a time. Ties keep task order, then reading order, so the
-    order is the one a stable sort of all documents would give.
-    """
-
-    def rows(path: str, source_index: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        import pyarrow.parquet as pq
-
-        fs, fs_path = filesystem(path)
-        for batch in pq.ParquetFile(fs_path, filesystem=fs).iter_batches(batch_size=RUN_ROW_GROUP):
-            for document in batch.to_pylist():
-                yield source_index, document
-
-    streams = [rows(path, result.source_index) for result in results for path in result.runs]
-    return heapq.merge(*streams, key=lambda pair: (pair[1]["repo"], pair[1]["path"], pair[0]))
 
 
 def decode_content(data: bytes | str, max_file_bytes: int) -> tuple[str | None, str | None]:
@@ -307,7 +251,9 @@ class TableTask:
                 self._add_row(row, mapping, result, out)
         return result
 
-    def _add_row(self, row: dict[str, Any], mapping: dict[str, str], result: TaskResult, out: SortedRuns) -> None:
+    def _add_row(
+        self, row: dict[str, Any], mapping: dict[str, str], result: TaskResult, out: SortedRuns
+    ) -> None:
         result.files_seen += 1
         repo, path = row.get(mapping["repo"]), row.get(mapping["path"])
         if not isinstance(repo, str) or not isinstance(path, str) or not repo or not path:
@@ -386,7 +332,7 @@ Task = LocalFilesTask | TableTask
 def read_task(task: Task, runs_dir: str, run_bytes: int) -> TaskResult:
     """Run one task, its documents written as sorted runs under ``runs_dir`` (module-level so
     ``map_shards`` can send it to a worker process)."""
-    runs = SortedRuns(runs_dir, run_bytes)
+    runs = SortedRuns(runs_dir, task.source_index, run_bytes)
     result = task.read(runs)
     runs.flush()
     result.runs, result.documents = runs.paths, runs.documents

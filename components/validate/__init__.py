@@ -9,9 +9,10 @@ corpus as one dataframe.
 
 The suite (``suite.py``) is saved in the committed file context ``gx/`` of the working directory (the
 project root under ``dvc repro``) with its checkpoint, and the merged result is stored there as the run's
-validation (``gx_project.py``). The Data Docs site of the run is copied to the stage output (``reports/data_docs``) and logged to the active MLflow run under
-``data_docs/``, also when the suite fails; then a :class:`StageError` lists every failing expectation with
-sample unexpected values, so ``dvc repro`` stops with that message.
+validation (``gx_project.py``). The Data Docs site of the run is copied to the stage output
+(``reports/data_docs``) and logged to the active MLflow run under ``data_docs/``, also when the suite
+fails; then a :class:`StageError` lists every failing expectation with sample unexpected values, so
+``dvc repro`` stops with that message.
 """
 
 from __future__ import annotations

@@ -98,7 +98,10 @@ def clear_results(context: AbstractDataContext) -> None:
 
 
 def record(
-    context: AbstractDataContext, suite: gx.ExpectationSuite, result: ExpectationSuiteValidationResult, samples: int
+    context: AbstractDataContext,
+    suite: gx.ExpectationSuite,
+    result: ExpectationSuiteValidationResult,
+    samples: int,
 ) -> None:
     """Save ``suite`` with its checkpoint, store ``result`` as this run's only validation, build Data Docs.
 
@@ -109,10 +112,9 @@ def record(
     clear_results(context)
     checkpoint = checkpoint_for(context, suite, samples)
     definition = checkpoint.validation_definitions[0]
-    run_id = RunIdentifier(run_time=dt.datetime.now(dt.timezone.utc))
-    result.meta.update(
-        run_id=run_id, validation_time=run_id.run_time, validation_id=definition.id, checkpoint_id=checkpoint.id
-    )
+    run_id = RunIdentifier(run_time=dt.datetime.now(dt.UTC))
+    run_meta = {"run_id": run_id, "validation_time": run_id.run_time, "checkpoint_id": checkpoint.id}
+    result.meta = {**result.meta, **run_meta, "validation_id": definition.id}
     suite_id = ExpectationSuiteIdentifier(name=suite.name)
     key = ValidationResultIdentifier(
         expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=result.batch_id

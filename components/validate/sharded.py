@@ -96,7 +96,9 @@ def validate_frame(
 ) -> ExpectationSuiteValidationResult:
     """``suite`` on ``frame``, with ``samples`` unexpected values (and their row labels) per expectation."""
     batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
-    return batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": samples})
+    return batch.validate(
+        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": samples}
+    )
 
 
 def check_shard(check: ShardCheck) -> ShardVerdict:
@@ -150,7 +152,9 @@ def _merged_counts(details: Sequence[dict[str, Any]], samples: int) -> dict[str,
     return merged
 
 
-def merge_results(results: Sequence[ExpectationValidationResult], samples: int) -> ExpectationValidationResult:
+def merge_results(
+    results: Sequence[ExpectationValidationResult], samples: int
+) -> ExpectationValidationResult:
     """One expectation's results on several shards as its result on their union."""
     first = results[0]
     details = [result.result or {} for result in results]
@@ -184,7 +188,7 @@ def suite_result(
 ) -> ExpectationSuiteValidationResult:
     """A suite result of ``results`` (put in suite order), with GX's statistics."""
     order = {expectation.id: index for index, expectation in enumerate(suite.expectations)}
-    ordered = sorted(results, key=lambda result: order[result.expectation_config.id])
+    ordered = sorted(results, key=lambda result: order[getattr(result.expectation_config, "id", None)])
     passed = sum(bool(result.success) for result in ordered)
     return ExpectationSuiteValidationResult(
         success=passed == len(ordered),
