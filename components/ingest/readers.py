@@ -94,7 +94,6 @@ class TaskResult:
 
     source_index: int
     runs: list[str] = field(default_factory=list)
-    documents: int = 0
     excluded: Exclusions = field(default_factory=Exclusions)
     files_seen: int = 0
     bytes_read: int = 0
@@ -335,5 +334,5 @@ def read_task(task: Task, runs_dir: str, run_bytes: int) -> TaskResult:
     runs = SortedRuns(runs_dir, task.source_index, run_bytes)
     result = task.read(runs)
     runs.flush()
-    result.runs, result.documents = runs.paths, runs.documents
+    result.runs = runs.paths
     return result

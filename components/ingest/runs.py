@@ -81,14 +81,12 @@ class SortedRuns:
         self.source_index = source_index
         self.run_bytes = run_bytes
         self.paths: list[str] = []
-        self.documents = 0
         self._pending: list[dict[str, Any]] = []
         self._bytes = 0
 
     def add(self, document: dict[str, Any]) -> None:
         """Add one document (a BASE_SCHEMA row); writes a run when ``run_bytes`` is reached."""
         self._pending.append({**document, SOURCE_COLUMN: self.source_index})
-        self.documents += 1
         self._bytes += document["size_bytes"]
         if self._bytes >= self.run_bytes:
             self.flush()

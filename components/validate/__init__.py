@@ -48,7 +48,7 @@ def copy_tree(source: Path, destination: str) -> int:
 
 def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     """Validate the cleaned shards with the Great Expectations suite and write its Data Docs."""
-    # Imported here: Great Expectations takes ~3 s to import and worker processes do not need it.
+    # Imported here: Great Expectations takes ~3 s to import; importing the stage module stays cheap.
     from components.validate import gx_project
     from components.validate.sharded import validate_shards
     from components.validate.suite import build_suite, failure_message, failures

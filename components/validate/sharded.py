@@ -30,14 +30,11 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from components.executor import map_shards
 from components.params.shared import ExecutorConfig
+from components.validate.gx_project import ASSET, BATCH_DEFINITION, DATASOURCE
 from components.validate.signals import ShardTask, content_bytes, load_shard
 
 #: Expectations that compare rows with each other: validated once, on the corpus's column.
 CORPUS_WIDE = frozenset({"expect_column_values_to_be_unique"})
-#: Names of the in-memory data source and asset; the same as the file context's, so batch ids match.
-DATASOURCE = "codemill"
-ASSET = "documents"
-BATCH_DEFINITION = "all_documents"
 #: Count fields of a column-map result, summed over shards.
 COUNTS = ("element_count", "unexpected_count", "missing_count")
 #: List fields of a result, concatenated over shards and cut to the sample count.
@@ -84,7 +81,8 @@ def split_suite(suite: gx.ExpectationSuite) -> tuple[gx.ExpectationSuite, gx.Exp
 
 @functools.cache
 def _batch_definition() -> BatchDefinition:
-    """A whole-dataframe batch definition in an in-memory context (one per process)."""
+    """A whole-dataframe batch definition in an in-memory context (one per process), named as the file
+    context's, so the stored result's batch id is the file context's."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas(DATASOURCE).add_dataframe_asset(ASSET)
