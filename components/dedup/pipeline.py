@@ -61,6 +61,8 @@ LEVEL_REASONS = {"none": (), "exact": (EXACT,), "file": (EXACT, NEAR), "repo": (
 EXCLUDED_COLUMNS = ("id", "repo", "path", "lang", "content", "size_bytes", "dup_cluster")
 #: Candidate pairs rechecked per task of the Jaccard step.
 PAIRS_PER_TASK = 20_000
+#: Units whose shingle sets a Jaccard task keeps in memory.
+UNIT_SHINGLES_CACHED = 256
 _LICENSE_SEPARATOR = re.compile(r",|/|\s+or\s+")
 
 
@@ -169,20 +171,24 @@ class JaccardTask:
 
 
 def pair_similarities(task: JaccardTask) -> np.ndarray:
-    """Exact Jaccard similarity of each pair (a repository's shingles are the union of its files')."""
+    """Exact Jaccard similarity of each pair (a repository's shingles are the union of its files').
+
+    Each document's shingles are read as a row range and copied, so no shard file stays mapped: memory is
+    the shards' offsets (8 bytes a document) plus the last :data:`UNIT_SHINGLES_CACHED` units' shingles,
+    whatever the corpus size. Pairs are sorted, so a unit's pairs mostly follow one another.
+    """
 
     @functools.cache
-    def shard_arrays(shard: int) -> tuple[np.ndarray, np.ndarray]:
-        prefix = task.prefixes[shard]
-        return load_array(shingles_path(prefix)), np.asarray(load_array(offsets_path(prefix)))
+    def shard_offsets(shard: int) -> np.ndarray:
+        return np.array(load_array(offsets_path(task.prefixes[shard])))
 
     def document_shingles(doc: int) -> np.ndarray:
         shard = int(np.searchsorted(task.shard_bounds, doc, side="right")) - 1
-        shingles, offsets = shard_arrays(shard)
+        offsets = shard_offsets(shard)
         row = doc - task.shard_bounds[shard]
-        return np.asarray(shingles[offsets[row] : offsets[row + 1]])
+        return np.array(load_rows(shingles_path(task.prefixes[shard]), offsets[row], offsets[row + 1]))
 
-    @functools.lru_cache(maxsize=4096)
+    @functools.lru_cache(maxsize=UNIT_SHINGLES_CACHED)
     def unit_shingles(unit: int) -> np.ndarray:
         index = int(np.searchsorted(task.units, unit))
         docs = task.member_docs[task.member_offsets[index] : task.member_offsets[index + 1]]
