@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.ingest.languages import language_of, language_table
+from components.languages import language_of, language_table
 from components.shards import BASE_SCHEMA, make_document, write_shard
 
 #: What data/clean carries beyond the base columns (curate's quality signals, which anneal reads).

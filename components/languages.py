@@ -8,8 +8,10 @@ are mapped through :data:`LANGUAGE_ALIASES`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
+
+from components.formats import FORMAT_LANGUAGES
 
 #: Extension (with the dot) -> language. Looked up as written first, then lower-cased.
 EXTENSION_LANGUAGES: dict[str, str] = {
@@ -136,6 +138,50 @@ EXTENSION_LANGUAGES: dict[str, str] = {
     ".markdown": "markdown",
     ".rst": "restructuredtext",
     ".txt": "text",
+    # The rest of StarCoder's 86 languages (bigcode/starcoderdata's directory names)
+    ".adb": "ada",
+    ".ads": "ada",
+    ".agda": "agda",
+    ".als": "alloy",
+    ".g4": "antlr",
+    ".applescript": "applescript",
+    ".aug": "augeas",
+    ".awk": "awk",
+    ".bsv": "bluespec",
+    ".coffee": "coffeescript",
+    ".elm": "elm",
+    ".glsl": "glsl",
+    ".vert": "glsl",
+    ".frag": "glsl",
+    ".idr": "idris",
+    ".thy": "isabelle",
+    ".jsp": "java-server-pages",
+    ".lean": "lean",
+    ".lagda": "literate-agda",
+    ".litcoffee": "literate-coffeescript",
+    ".lhs": "literate-haskell",
+    ".mpl": "maple",
+    ".nb": "mathematica",
+    ".wl": "mathematica",
+    ".pas": "pascal",
+    ".pro": "prolog",
+    ".Rmd": "rmarkdown",
+    ".rmd": "rmarkdown",
+    ".sas": "sas",
+    ".st": "smalltalk",
+    ".sparql": "sparql",
+    ".rq": "sparql",
+    ".stan": "stan",
+    ".sml": "standard-ml",
+    ".do": "stata",
+    ".ado": "stata",
+    ".tcl": "tcl",
+    ".tcsh": "tcsh",
+    ".thrift": "thrift",
+    ".vb": "visual-basic",
+    ".xslt": "xslt",
+    ".y": "yacc",
+    ".yy": "yacc",
 }
 
 #: Exact file name -> language, for files whose name, not extension, says what they are.
@@ -158,12 +204,11 @@ FILENAME_LANGUAGES: dict[str, str] = {
 LANGUAGE_ALIASES: dict[str, str] = {
     "c++": "cpp",
     "c#": "csharp",
+    "c-sharp": "csharp",
+    "f-sharp": "fsharp",
+    "matlab": "matlab",  # known from declared names only: .m is objective-c
     "f#": "fsharp",
     "objective-c++": "objective-cpp",
-    "jupyter notebook": "jupyter-notebook",
-    "emacs lisp": "emacs-lisp",
-    "common lisp": "common-lisp",
-    "protocol buffer": "protocol-buffer",
     "batchfile": "batchfile",
     "bash": "shell",
     "sh": "shell",
@@ -175,14 +220,34 @@ LANGUAGE_ALIASES: dict[str, str] = {
 
 #: Every language name the tables know.
 KNOWN_LANGUAGES: frozenset[str] = frozenset(
-    [*EXTENSION_LANGUAGES.values(), *FILENAME_LANGUAGES.values(), *LANGUAGE_ALIASES.values()]
+    [
+        *EXTENSION_LANGUAGES.values(),
+        *FILENAME_LANGUAGES.values(),
+        *LANGUAGE_ALIASES.values(),
+        *FORMAT_LANGUAGES,
+    ]
 )
 
 
 def normalize_language(name: str) -> str:
-    """Our spelling of a language name: lower case, aliases resolved (``"C++"`` -> ``"cpp"``)."""
+    """Our spelling of a language name: lower case, words joined by ``-``, aliases resolved
+    (``"C++"`` -> ``"cpp"``, ``"Visual Basic"`` -> ``"visual-basic"``)."""
     lowered = name.strip().lower()
-    return LANGUAGE_ALIASES.get(lowered, lowered)
+    if lowered in LANGUAGE_ALIASES:
+        return LANGUAGE_ALIASES[lowered]
+    joined = "-".join(lowered.split())
+    return LANGUAGE_ALIASES.get(joined, joined)
+
+
+def emitted_languages(selected: Sequence[str] | None, extensions: Mapping[str, str]) -> frozenset[str]:
+    """Every ``lang`` value ingest can write under ``ingest.languages`` and ``ingest.extensions``.
+
+    The one place that says it: ingest drops any other language (``unknown_language``), and validate's
+    language expectation is exactly this set.
+    """
+    if selected is not None:
+        return frozenset(normalize_language(name) for name in selected)
+    return KNOWN_LANGUAGES | {normalize_language(name) for name in extensions.values()}
 
 
 def language_table(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

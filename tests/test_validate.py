@@ -305,3 +305,50 @@ def test_config_rejects_unknown_pii_rule_and_inverted_bounds() -> None:
         make_params(validate={"pii_rules": ["email", "phone_number"]})
     with pytest.raises(ParamsError, match="min_size_bytes"):
         make_params(validate={"min_size_bytes": 10, "max_size_bytes": 5})
+
+
+#: ``lang`` as The Stack spells it -> ours; the last is no language any table knows.
+STACK_LANGUAGES = {
+    "Python": "python",
+    "C++": "cpp",
+    "C#": "csharp",
+    "Jupyter Notebook": "jupyter-notebook",
+    "Shell": "shell",
+    "Visual Basic": "visual-basic",
+    "Dockerfile": "dockerfile",
+    "Emacs Lisp": "emacs-lisp",
+    "Protocol Buffer": "protocol-buffer",
+    "Objective-C++": "objective-cpp",
+    "Klingon": None,
+}
+
+
+def test_stack_language_names_with_every_language_kept_pass_validate(
+    validate: Callable[..., StageReport], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from components.ingest import STAGE as INGEST
+    from components.shards import list_shards, read_shard
+
+    stack = [
+        {
+            "content": f"// file {index}\nvalue {index}\n",
+            "max_stars_repo_name": f"octo/repo{index}",
+            "max_stars_repo_path": f"src/file{index}",
+            "lang": lang,
+            "max_stars_count": 1.0,
+            "max_stars_repo_licenses": ["MIT"],
+        }
+        for index, lang in enumerate(STACK_LANGUAGES)
+    ]
+    pq.write_table(pa.Table.from_pylist(stack), tmp_path / "stack.parquet")
+    every_language = {"sources": [{"kind": "files", "paths": [str(tmp_path / "stack.parquet")]}], "languages": None}
+    report = call_stage(INGEST, make_params(ingest=every_language), [], str(tmp_path / "ingest"))
+    rows = [row for path in list_shards(str(tmp_path / "ingest")) for row in read_shard(path).to_pylist()]
+
+    assert sorted(row["lang"] for row in rows) == sorted(lang for lang in STACK_LANGUAGES.values() if lang)
+    assert report.drops == {"unknown_language": 1}
+    assert validate(rows, ingest=every_language).metrics["success"] == 1.0
+    with pytest.raises(StageError, match="expect_column_values_to_be_in_set"):
+        validate(rows, ingest={**every_language, "languages": ["python", "cpp"]})

@@ -20,9 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import StageError
-from components.ingest.languages import language_of, language_table, normalize_language
+from components.ingest.notebooks import FORM_LANGUAGES, NOTEBOOK, convert_notebook
 from components.ingest.runs import SortedRuns
-from components.params.ingest import IngestConfig
+from components.languages import (
+    KNOWN_LANGUAGES,
+    emitted_languages,
+    language_of,
+    language_table,
+    normalize_language,
+)
+from components.params.ingest import IngestConfig, NotebookConfig
 from components.shards import filesystem, make_document
 from components.stage_runner import Exclusions
 
@@ -36,6 +43,8 @@ SYMLINK_LOOP = "symlink_loop"
 BROKEN_SYMLINK = "broken_symlink"
 SYMLINK_DIR = "symlink_dir"
 UNKNOWN_LANGUAGE = "unknown_language"
+#: Languages of notebooks, converted as ``ingest.notebooks`` says.
+NOTEBOOK_LANGUAGES = frozenset(FORM_LANGUAGES.values())
 LANGUAGE_NOT_SELECTED = "language_not_selected"
 MISSING_METADATA = "missing_metadata"
 BAD_RECORD = "bad_record"
@@ -63,8 +72,9 @@ class FileRules:
 
     max_file_bytes: int
     language_table: Mapping[str, str]
-    #: Languages kept; ``None`` keeps every known language.
-    languages: frozenset[str] | None
+    #: Languages kept (:func:`emitted_languages`).
+    languages: frozenset[str]
+    notebooks: NotebookConfig = field(default_factory=NotebookConfig)
 
     @classmethod
     def of(cls, config: IngestConfig) -> FileRules:
@@ -72,20 +82,31 @@ class FileRules:
         return cls(
             max_file_bytes=config.max_file_bytes,
             language_table=language_table(config.extensions),
-            languages=frozenset(config.languages) if config.languages is not None else None,
+            languages=emitted_languages(config.languages, config.extensions),
+            notebooks=config.notebooks,
         )
 
     def language(self, path: str, declared: str | None = None) -> tuple[str | None, str | None]:
         """``(language, None)`` for a kept file, else ``(None, skip reason)``.
 
-        ``declared`` (a dataset's own ``lang`` value) wins over the extension table.
+        ``declared`` (a dataset's own ``lang`` value) wins over the extension table; a declared name
+        that no table knows is an unknown language.
         """
         lang = normalize_language(declared) if declared else language_of(path, self.language_table)
-        if lang is None:
+        if lang == NOTEBOOK:
+            lang = FORM_LANGUAGES[self.notebooks.form]
+        if lang is None or (lang not in self.languages and lang not in KNOWN_LANGUAGES):
             return None, UNKNOWN_LANGUAGE
-        if self.languages is not None and lang not in self.languages:
+        if lang not in self.languages:
             return None, LANGUAGE_NOT_SELECTED
         return lang, None
+
+    def text(self, lang: str, data: str | bytes) -> tuple[str | None, str | None]:
+        """``(text, None)`` of a kept file's content (a notebook converted), else ``(None, skip reason)``."""
+        text, reason = decode_content(data, self.max_file_bytes)
+        if text is not None and lang in NOTEBOOK_LANGUAGES:
+            return convert_notebook(text, self.notebooks.form, self.notebooks.max_output_chars)
+        return text, reason
 
 
 @dataclass
@@ -173,7 +194,7 @@ class LocalFilesTask:
                 data, reason = read_local_file(file.location, self.rules.max_file_bytes)
                 if data is not None:
                     result.bytes_read += len(data)
-                    text, reason = decode_content(data, self.rules.max_file_bytes)
+                    text, reason = self.rules.text(lang, data)
             if lang is None or text is None:
                 where = {"repo": file.repo, "path": file.path, "lang": lang}
                 result.excluded.drop(reason or UNREADABLE, where)
@@ -268,7 +289,7 @@ class TableTask:
             if isinstance(content, str | bytes):
                 raw = content if isinstance(content, bytes) else content.encode("utf-8")
                 result.bytes_read += len(raw)
-                text, reason = decode_content(content, self.rules.max_file_bytes)
+                text, reason = self.rules.text(lang, content)
             else:
                 reason = EMPTY
         if lang is None or text is None:

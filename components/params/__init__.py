@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.errors import ParamsError
+from components.languages import emitted_languages
 from components.params.align import AlignConfig, AlignJob
 from components.params.anneal import AnnealConfig, AnnealJob
 from components.params.attribution import AttributionConfig, AttributionJob
@@ -133,7 +134,7 @@ STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
     "clean": lambda p: CleanJob(clean=p.clean, benchmarks=p.evaluate.benchmarks),
     "validate": lambda p: ValidateJob(
         validate_=p.validate_,
-        languages=p.ingest.languages,
+        languages=sorted(emitted_languages(p.ingest.languages, p.ingest.extensions)),
         dedup_level=p.dedup.level,
         clean=p.clean,
         benchmarks=p.evaluate.benchmarks,

@@ -68,13 +68,22 @@ class SourceConfig(StrictModel):
         return f"{self.kind} source" + (f" {', '.join(self.paths)}" if self.paths else "")
 
 
+class NotebookConfig(StrictModel):
+    """How ``.ipynb`` files become documents (components/ingest/notebooks.py)."""
+
+    #: ``structured`` (lang ``jupyter-structured``), ``script`` (``jupyter-scripts``) or ``raw`` (the JSON).
+    form: Literal["structured", "script", "raw"] = "structured"
+    #: Characters of a code cell's text output kept in the structured form.
+    max_output_chars: int = Field(1000, ge=0)
+
+
 class IngestConfig(StrictModel):
     """Which sources to read, which languages to keep, and the caps."""
 
     sources: list[SourceConfig] = Field(
         default_factory=lambda: [SourceConfig(kind="python-stdlib")], min_length=1
     )
-    #: Languages kept (names from components/ingest/languages.py); ``null`` keeps every known language.
+    #: Languages kept (names from components/languages.py); ``null`` keeps every known language.
     languages: list[str] | None = Field(["python"], min_length=1)
     #: Extra or overriding entries: ``.ext: language`` or ``FileName: language``.
     extensions: dict[str, str] = Field(default_factory=dict)
@@ -83,3 +92,4 @@ class IngestConfig(StrictModel):
     max_bytes: int | None = Field(None, gt=0)
     #: Files larger than this (UTF-8 bytes) are skipped; local files are not read (stat first).
     max_file_bytes: int = Field(1_000_000, gt=0)
+    notebooks: NotebookConfig = NotebookConfig()

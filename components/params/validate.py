@@ -1,7 +1,8 @@
 """Parameters of the validate stage (``validate:`` in params.yaml): the Great Expectations suite.
 
 The suite also reads other sections, so it checks what the earlier stages promised:
-``ingest.languages`` (the language set), ``dedup.level`` (sha256 unique at the exact and file levels),
+``ingest.languages`` and ``ingest.extensions`` (the language set), ``dedup.level`` (sha256 unique at the
+exact and file levels),
 ``clean.pii`` (which PII kinds must be gone) and ``clean.decontam`` (which benchmarks must be absent).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from components.languages import emitted_languages
 from components.params.base import StrictModel
 from components.params.clean import PII_RULE_NAMES, CleanConfig
 from components.params.dedup import DedupLevel
@@ -50,8 +52,8 @@ class ValidateJob(StrictModel):
     """Validation: ``validate:`` and what the earlier stages promised (module docstring)."""
 
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    #: ``ingest.languages`` (null: every known language).
-    languages: list[str] | None = None
+    #: What ingest can emit under ``ingest.languages`` and ``ingest.extensions`` (``emitted_languages``).
+    languages: list[str] = Field(default_factory=lambda: sorted(emitted_languages(None, {})))
     #: ``dedup.level``.
     dedup_level: DedupLevel = "file"
     clean: CleanConfig = CleanConfig()

@@ -58,7 +58,7 @@ from components.tokens.packing import (
 from components.tokens.tokenizer import TOKENIZER_DIR, TokenCodec, to_transformers, train_tokenizer
 
 INDEX_FORMAT = 1
-COLUMNS = ["id", "repo", "path", "content", "stars"]
+COLUMNS = ["id", "repo", "path", "lang", "content", "stars"]
 EMPTY_CONTENT = "empty_content"
 #: Content bytes of the shards encoded per ``map_shards`` call: bounds the tokens the stage holds at once.
 BATCH_CONTENT_BYTES = 256 * 2**20
@@ -195,7 +195,9 @@ def encode_shard(task: EncodeTask) -> dict[str, EncodedSplit]:
     encoded = {}
     for split in SPLITS:
         chosen = [row for row in rows if (row["repo"] in task.val_repos) == (split == "val")]
-        documents = [Document(r["id"], r["repo"], r["path"], r["content"], r["stars"]) for r in chosen]
+        documents = [
+            Document(r["id"], r["repo"], r["path"], r["content"], r["stars"], r["lang"]) for r in chosen
+        ]
         metadata = [
             split == "train" and wants_metadata(d.id, task.seed, task.metadata_rate) for d in documents
         ]

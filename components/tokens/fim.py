@@ -42,13 +42,15 @@ def apply_fim_batch(
     chosen = [position for position, rng in enumerate(rngs) if rng.binomial(1, fim_rate)]
     texts = codec.decode_batch([documents[position] for position in chosen])
     parts: list[str] = []
+    langs: list[str | None] = []
     use_spm: list[bool] = []
     for position, text in zip(chosen, texts, strict=True):
         rng = rngs[position]
         start, end = sorted(int(point) for point in rng.integers(0, len(text) + 1, size=2))
         parts += [text[:start], text[start:end], text[end:]]
+        langs += [codec.format_of(documents[position])] * 3  # a formatted document keeps its markers
         use_spm.append(bool(rng.binomial(1, spm_rate)))
-    encoded = codec.encode_batch(parts)
+    encoded = codec.encode_batch(parts, langs)
     special = codec.special
     transformed = {}
     for k, position in enumerate(chosen):

@@ -59,6 +59,7 @@ class Document:
     path: str
     content: str
     stars: int | None
+    lang: str | None = None
 
 
 def encode_documents(
@@ -70,7 +71,7 @@ def encode_documents(
     piece encoded on its own so :func:`metadata_length` can find where the content starts.
     """
     special = codec.special
-    contents = codec.encode_batch([document.content for document in documents])
+    contents = codec.encode_batch([d.content for d in documents], [d.lang for d in documents])
     prefixed = [document for document, wanted in zip(documents, metadata, strict=True) if wanted]
     fields = iter(
         codec.encode_batch([text for d in prefixed for text in (d.repo, d.path, str(d.stars or 0), "\n")])

@@ -9,13 +9,17 @@
   tokenizer carries a ChatML chat template).
 - Padding uses ``<fim_pad>``, not EOS: collators mask padding out of the labels, and with pad == EOS the
   model would never be trained to emit EOS.
+- StarCoder's format markers follow (ids 10-20, components/formats.py): ``<jupyter_start>`` …
+  ``<issue_closed>``.
 - Document text is encoded by :class:`TokenCodec`, which treats special-token strings inside code (a file
-  that mentions ``<|endoftext|>``) as plain text; only the pipeline inserts special ids. The saved Hugging
-  Face tokenizer does parse them, as prompts and chat templates need.
+  that mentions ``<|endoftext|>``) as plain text; only the pipeline inserts special ids, and a formatted
+  document (a structured notebook, a commit, an issue) gets the ids of its own format's markers. The saved
+  Hugging Face tokenizer does parse them all, as prompts and chat templates need.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from components.formats import ALL_FORMAT_TOKENS, FORMAT_TOKENS
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only where the wrapper is needed
     from transformers import PreTrainedTokenizerFast
@@ -103,7 +109,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *ALL_FORMAT_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -121,7 +127,9 @@ def to_transformers(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
         bos_token=EOS,
         pad_token=FIM_PAD,
         unk_token=None,
-        additional_special_tokens=[token for token in SPECIAL_TOKENS if token not in (EOS, FIM_PAD)],
+        additional_special_tokens=[
+            token for token in (*SPECIAL_TOKENS, *ALL_FORMAT_TOKENS) if token not in (EOS, FIM_PAD)
+        ],
         clean_up_tokenization_spaces=False,
     )
     wrapped.chat_template = CHAT_TEMPLATE
@@ -143,12 +151,23 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
 
 
 class TokenCodec:
-    """Encodes document text to ids (special-token strings stay plain text) and decodes ids to text."""
+    """Encodes document text to ids (special-token strings stay plain text, except a formatted document's
+    own markers) and decodes ids to text."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.encode_special_tokens = True
         self.special = SpecialIds.of(self.tokenizer)
+        #: Per format ``lang``: its markers' ids (a tokenizer trained before the formats has none).
+        self.format_ids = {
+            lang: {token: int(self.tokenizer.token_to_id(token)) for token in tokens}
+            for lang, tokens in FORMAT_TOKENS.items()
+            if all(self.tokenizer.token_to_id(token) is not None for token in tokens)
+        }
+        self._format_splitters = {
+            lang: re.compile("(" + "|".join(re.escape(token) for token in tokens) + ")")
+            for lang, tokens in FORMAT_TOKENS.items()
+        }
         (self.newline_id,) = self.encode("\n")
 
     @classmethod
@@ -165,7 +184,42 @@ class TokenCodec:
         """Token ids (int64) of ``text``."""
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def encode_batch(
+        self, texts: Sequence[str], langs: Sequence[str | None] | None = None
+    ) -> list[np.ndarray]:
+        """Token ids of many texts; a text whose ``lang`` is a format's gets its markers as their ids."""
+        if langs is None or not any(lang in FORMAT_TOKENS for lang in langs):
+            return self._encode_plain(texts)
+        lacking = sorted({lang for lang in langs if lang in FORMAT_TOKENS and lang not in self.format_ids})
+        if lacking:
+            raise ValueError(
+                f"tokenizer lacks the format tokens of {lacking}: retrain it (dvc repro tokenize)"
+            )
+        pieces: list[list[str]] = []
+        for text, lang in zip(texts, langs, strict=True):
+            splitter = self._format_splitters.get(lang) if lang else None
+            pieces.append(splitter.split(text) if splitter else [text])
+        # split() alternates text, marker, text, …: markers sit at odd positions.
+        plain = iter(self._encode_plain([piece for parts in pieces for piece in parts[::2]]))
+        encoded = []
+        for parts, lang in zip(pieces, langs, strict=True):
+            ids = self.format_ids.get(lang or "", {})
+            chunks = [
+                np.array([ids[part]], dtype=np.int64) if index % 2 else next(plain)
+                for index, part in enumerate(parts)
+            ]
+            encoded.append(np.concatenate(chunks))
+        return encoded
+
+    def format_of(self, tokens: np.ndarray) -> str | None:
+        """The format ``lang`` whose marker ids ``tokens`` carry (``None``: a plain document)."""
+        present = set(np.asarray(tokens).tolist())
+        for lang, ids in self.format_ids.items():
+            if present.intersection(ids.values()):
+                return lang
+        return None
+
+    def _encode_plain(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of many texts (Rust threads; in chunks, so memory stays bounded)."""
         encoded: list[np.ndarray] = []
         for start in range(0, len(texts), ENCODE_CHUNK):

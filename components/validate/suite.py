@@ -26,7 +26,6 @@ import pyarrow as pa
 from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 from great_expectations.expectations import Expectation
 
-from components.ingest.languages import KNOWN_LANGUAGES
 from components.params.validate import ValidateJob
 from components.shards import BASE_SCHEMA
 from components.validate.signals import BENCHMARK_OVERLAP, RESIDUAL_PII, checks_benchmarks, pii_rules
@@ -57,7 +56,6 @@ def schema_expectations() -> list[Expectation]:
 def content_expectations(job: ValidateJob) -> list[Expectation]:
     """Size bounds, unique sha256 after dedup, the language set, no residual PII, no benchmark overlap."""
     config = job.validate_
-    languages = job.languages if job.languages is not None else KNOWN_LANGUAGES
     expectations: list[Expectation] = [
         E.ExpectColumnValuesToBeBetween(
             column="size_bytes",
@@ -66,7 +64,9 @@ def content_expectations(job: ValidateJob) -> list[Expectation]:
             description="validate.min_size_bytes <= size_bytes <= validate.max_size_bytes",
         ),
         E.ExpectColumnValuesToBeInSet(
-            column="lang", value_set=sorted(languages), description="languages of ingest.languages"
+            column="lang",
+            value_set=job.languages,
+            description="languages ingest emits (ingest.languages, ingest.extensions)",
         ),
     ]
     # Only file-level dedup promises unique files: `none` keeps duplicates, and `repo` (OpenCoder) removes
