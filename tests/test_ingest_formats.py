@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from components.formats import ALL_FORMAT_TOKENS
 from components.ingest import STAGE
+from components.params import ParamsError
 from components.shards import list_shards, read_shard
 from components.stage_runner import call_stage
 from components.tokens.tokenizer import SPECIAL_TOKENS, TokenCodec, train_tokenizer
@@ -136,3 +140,110 @@ def test_each_format_token_is_one_id_of_the_tokenizer() -> None:
     plain = codec.encode_batch([text], ["python"])[0]
     assert not set(plain.tolist()) & set(ids)
     assert codec.decode(plain) == text
+
+
+def git(repo: Path, *args: str, email: str = "dev@corp.example") -> None:
+    env = {
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": email,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "PATH": os.environ["PATH"],
+    }
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+
+def commit(repo: Path, message: str, files: dict[str, str | bytes | None]) -> str:
+    """Write (str/bytes), or delete (None), files and commit them; returns the commit id."""
+    for name, content in files.items():
+        path = repo / name
+        if content is None:
+            path.unlink()
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_git_repository_gives_one_commit_document_per_changed_file(tmp_path: Path) -> None:
+    repo = tmp_path / "repos" / "tool"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    first = commit(repo, "Add greeting", {"hello.py": "print('hi')\n", "blob.c": b"\x89PNG\0\0data"})
+    second = commit(
+        repo,
+        "Greet by name\n\nSigned-off-by: Dev <dev@corp.example>",
+        {"hello.py": "import sys\nprint('hi', sys.argv[1])\n", "notes.txt": "x" * 3000},
+    )
+    third = commit(repo, "Drop the blob", {"blob.c": None})
+    (tmp_path / "repos" / "not-a-repo").mkdir()
+    sources = [{"kind": "git", "paths": [str(tmp_path / "repos")]}]
+
+    report, documents = ingest(tmp_path / "out", sources, languages=None, max_file_bytes=2000)
+
+    by_path = {d["path"]: d for d in documents}
+    assert set(by_path) == {f"{first}/hello.py", f"{second}/hello.py"}
+    assert {d["repo"] for d in documents} == {"tool"} and {d["lang"] for d in documents} == {"git-commits"}
+    assert by_path[f"{first}/hello.py"]["content"] == (
+        "<commit_before><commit_msg>Add greeting<commit_after>print('hi')\n"
+    )
+    assert by_path[f"{second}/hello.py"]["content"] == (
+        "<commit_before>print('hi')\n<commit_msg>Greet by name\n\nSigned-off-by: Dev <<EMAIL>>"
+        "<commit_after>import sys\nprint('hi', sys.argv[1])\n"
+    )
+    assert report.drops == {"binary": 1, "too_large": 1, "deleted_file": 1}
+    assert third not in {path.split("/")[0] for path in by_path}
+
+
+def test_a_git_source_needs_its_language_selected() -> None:
+    with pytest.raises(ParamsError, match=r"sources\[1\] \(git\) writes lang 'git-commits'"):
+        make_params(ingest={"sources": [{"kind": "python-stdlib"}, {"kind": "git", "paths": ["/x"]}]})
+
+
+def test_issues_file_gives_anonymised_thread_documents(tmp_path: Path) -> None:
+    issues = [
+        {
+            "repo": "octo/tool",
+            "number": 7,
+            "title": "Crash on empty input",
+            "events": [
+                {"type": "opened", "author": "alice", "text": "It crashes. cc @carol"},
+                {"type": "comment", "author": "dependabot[bot]", "text": "Bumps a dependency."},
+                {"type": "comment", "author": "bob", "text": "@alice which version?"},
+                {"type": "comment", "author": "alice", "text": "1.2, mail me at a.smith@corp.com"},
+                {"type": "closed", "author": "bob"},
+            ],
+        },
+        {
+            "repo": "octo/tool",
+            "number": 8,
+            "title": "Bump",
+            "events": [{"type": "opened", "author": "ci-bot"}],
+        },
+        {"repo": "octo/tool", "number": 9, "title": "No events key"},
+    ]
+    path = tmp_path / "issues.jsonl"
+    path.write_text("\n".join(json.dumps(issue) for issue in issues) + "\n{broken\n")
+    sources = [{"kind": "issues", "paths": [str(path)]}]
+
+    report, (document,) = ingest(tmp_path / "out", sources, languages=["github-issues"])
+
+    assert (document["repo"], document["path"], document["lang"]) == (
+        "octo/tool",
+        "issues/7",
+        "github-issues",
+    )
+    assert document["content"] == (
+        "<issue_start>Title: Crash on empty input\nusername_0: It crashes. cc @username_2"
+        "<issue_comment>username_1: @username_0 which version?"
+        "<issue_comment>username_0: 1.2, mail me at a.smith@corp.com<issue_closed>"
+    )
+    assert not {"alice", "bob", "carol", "dependabot"} & set(re.findall(r"[a-z]+", document["content"]))
+    assert report.drops == {"empty": 1, "bad_record": 2}

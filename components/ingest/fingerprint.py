@@ -4,18 +4,22 @@ DVC cannot track a corpus that lives outside the project (the standard library, 
 directory of repositories, a bucket). This stage runs every time (``always_changed`` in ``dvc.yaml``),
 lists every source exactly as ingest does (:func:`~components.ingest.sources.plan_source`) and writes
 ``data/sources.json``: per source, its files' count, bytes and one digest over their paths and contents
-(local files, xxh3) or their size and modification stamp (``files`` sources: tables of any size on any
-store, where reading them all again each run would cost as much as ingest). Ingest depends on that
+(local files, xxh3), their size and modification stamp (``files`` and ``issues`` sources: tables of any
+size on any store, where reading them all again each run would cost as much as ingest), or each
+repository's ``HEAD`` commit (``git`` sources). Ingest depends on that
 file: when nothing changed the fingerprint's bytes are the same, DVC leaves ingest and everything after
 it cached; an edited, added or removed file changes it, and ingest reruns.
 """
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import xxhash
 
+from components.ingest.git_commits import GitRepoTask
+from components.ingest.issues import IssuesFileTask
 from components.ingest.readers import FileRules, LocalFilesTask, TableTask
 from components.ingest.sources import plan_source
 from components.params import StageContext
@@ -53,8 +57,14 @@ def source_fingerprint(index: int, source: SourceConfig, rules: FileRules) -> di
                 digest.update(f"\n{file.repo}\0{file.path}\0".encode("utf-8", "surrogateescape"))
                 size += _hash_file(digest, file.location)
                 files += 1
-        elif isinstance(task, TableTask):
-            fs, path = filesystem(task.url, dict(task.storage_options))
+        elif isinstance(task, GitRepoTask):
+            heads = subprocess.run(
+                ["git", "-C", task.location, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            digest.update(f"\n{task.repo}\0{heads}".encode())
+            files += 1
+        elif isinstance(task, TableTask | IssuesFileTask):
+            fs, path = filesystem(task.url, dict(getattr(task, "storage_options", {})))
             info = fs.info(path)
             stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
             digest.update(f"\n{task.url}\0{info.get('size')}\0{stamp}".encode())

@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from components.errors import StageError
 from components.ingest.notebooks import FORM_LANGUAGES, NOTEBOOK, convert_notebook
@@ -346,7 +346,14 @@ def _dataset_batches(url: str, storage_options: dict[str, Any]) -> Iterator[list
             yield [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
 
-Task = LocalFilesTask | TableTask
+class Task(Protocol):
+    """A unit of reading: its source, and what it writes into sorted runs."""
+
+    source_index: int
+
+    def read(self, out: SortedRuns) -> TaskResult:
+        """Read into ``out``; returns the counts and skips."""
+        ...
 
 
 def read_task(task: Task, runs_dir: str, run_bytes: int) -> TaskResult:

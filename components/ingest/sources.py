@@ -19,6 +19,8 @@ from typing import Any
 import fsspec
 
 from components.errors import StageError
+from components.ingest.git_commits import GitRepoTask, repositories
+from components.ingest.issues import IssuesFileTask
 from components.ingest.readers import (
     BAD_NAME,
     SYMLINK_DIR,
@@ -259,6 +261,22 @@ def table_locations(source: SourceConfig) -> list[tuple[str, str]]:
 def plan_source(source_index: int, source: SourceConfig, rules: FileRules) -> SourcePlan:
     """The read tasks of one source; a StageError naming the source when it holds no file at all."""
     plan = SourcePlan()
+    if source.kind == "git":
+        for location in (repo for path in source.paths for repo in repositories(path)):
+            name = _prefixed(source.repo_prefix, os.path.basename(os.path.abspath(location)))
+            plan.tasks.append(GitRepoTask(source_index, name, location, rules))
+        if not plan.tasks:
+            raise StageError(f"ingest: {source.describe()}: no git repository found")
+        return plan
+    if source.kind == "issues":
+        plan.tasks = [
+            IssuesFileTask(source_index, url, source.repo_prefix, rules)
+            for url, fmt in table_locations(source)
+            if fmt == "jsonl"
+        ]
+        if not plan.tasks:
+            raise StageError(f"ingest: {source.describe()}: no JSONL file of issues found")
+        return plan
     if source.kind == "files":
         for url, fmt in table_locations(source):
             plan.tasks.append(

@@ -11,7 +11,9 @@ from components.params.base import StrictModel
 #: Our document columns a ``files`` source can map from its own columns.
 MAPPABLE_COLUMNS = ("content", "repo", "path", "lang", "stars", "license")
 
-SourceKind = Literal["python-stdlib", "site-packages", "local", "files"]
+SourceKind = Literal["python-stdlib", "site-packages", "local", "files", "git", "issues"]
+#: The ``lang`` every document of a source kind gets (the other kinds: by file).
+KIND_LANGUAGES = {"git": "git-commits", "issues": "github-issues"}
 
 
 class SourceConfig(StrictModel):
@@ -23,6 +25,9 @@ class SourceConfig(StrictModel):
       is a git work tree.
     - ``files``: Parquet/JSONL files, globs or saved ``datasets`` directories (``paths``), local or
       ``s3://``; ``columns`` maps our columns to theirs where the defaults do not find them.
+    - ``git``: git repositories, or folders of them (``paths``): one commit document per changed file
+      (components/ingest/git_commits.py).
+    - ``issues``: JSONL files of issue threads (``paths``; schema in components/ingest/issues.py).
     """
 
     kind: SourceKind
@@ -47,7 +52,7 @@ class SourceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _options_fit_kind(self) -> SourceConfig:
-        needs_paths = self.kind in ("local", "files")
+        needs_paths = self.kind in ("local", "files", "git", "issues")
         if needs_paths and not self.paths:
             raise ValueError(f"a {self.kind!r} source needs 'paths'")
         if not needs_paths and self.paths:
@@ -93,3 +98,14 @@ class IngestConfig(StrictModel):
     #: Files larger than this (UTF-8 bytes) are skipped; local files are not read (stat first).
     max_file_bytes: int = Field(1_000_000, gt=0)
     notebooks: NotebookConfig = NotebookConfig()
+
+    @model_validator(mode="after")
+    def _source_languages_selected(self) -> IngestConfig:
+        for index, source in enumerate(self.sources):
+            lang = KIND_LANGUAGES.get(source.kind)
+            if lang and self.languages is not None and lang not in self.languages:
+                raise ValueError(
+                    f"sources[{index}] ({source.kind}) writes lang {lang!r}, which 'languages' leaves out: "
+                    f"add it to ingest.languages"
+                )
+        return self
