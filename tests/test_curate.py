@@ -320,11 +320,14 @@ def test_stage_writes_signal_columns_and_reports_drops(tmp_path: Path) -> None:
         "min_lines": 2,
         "drop_languages": 1,
     }
-    assert report.details["languages"] == {
-        "json": {"kept": 1, "dropped": 0},
-        "python": {"kept": 2, "dropped": 3},
-        "xml": {"kept": 0, "dropped": 1},
+    assert {lang: (n["files"], n["dropped"]) for lang, n in report.details["languages"].items()} == {
+        "json": (1, 0),
+        "python": (2, 3),
+        "xml": (0, 1),
     }
+    assert report.details["languages"]["python"]["bytes"] == sum(
+        row["size_bytes"] for row in rows.values() if row["lang"] == "python"
+    )
     assert report.metrics["kept_fraction"] == pytest.approx(3 / 7)
 
 
@@ -386,7 +389,8 @@ def test_command_line_writes_the_report(
     report = read_report(tmp_path / "reports" / "curate.json")
     assert (report["files_in"], report["files_out"]) == (7, 3)
     assert report["drops"]["min_lines"] == 2 and report["drops"]["max_line_length"] == 0
-    assert report["details"]["languages"]["python"] == {"kept": 2, "dropped": 3}
+    assert report["details"]["languages"]["python"]["files"] == 2
+    assert report["details"]["languages"]["python"]["dropped"] == 3
 
 
 def test_held_out_repositories_go_to_the_holdout_dataset_after_the_filters(tmp_path: Path) -> None:

@@ -81,7 +81,10 @@ def test_local_directories_become_one_repo_per_subdirectory(tmp_path: Path) -> N
     assert report.files_out == 5
     assert report.drops == {"language_not_selected": 2, "unknown_language": 1}
     assert report.bytes_out == sum(row["size_bytes"] for row in rows)
-    assert report.details["languages"] == {"markdown": 1, "python": 4}
+    assert {lang: n["files"] for lang, n in report.details["languages"].items()} == {
+        "markdown": 1,
+        "python": 4,
+    }
 
 
 def test_git_work_tree_is_one_repo(tmp_path: Path) -> None:
@@ -565,3 +568,52 @@ def test_command_line_exit_codes(tmp_path: Path, mlflow_uri: str) -> None:
     assert bad.returncode == 2
     assert f"codemill ingest: error: ingest: local source {tmp_path}/missing" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_system_source_reads_other_languages_one_repo_per_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.ingest import sources
+
+    include = write_files(
+        tmp_path / "usr" / "include",
+        {"stdio.h": "int puts(const char *s);\n", "linux/fs.h": "#define FS 1\n"},
+    )
+    perl = write_files(tmp_path / "usr" / "share" / "perl", {"5.36/strict.pm": "package strict;\n1;\n"})
+    node = write_files(tmp_path / "node", {"npm/lib/cli.js": "module.exports = 1;\n", "npm/README": "npm\n"})
+    monkeypatch.setattr(
+        sources, "SYSTEM_CODE_ROOTS", (str(include), str(perl), str(node), str(tmp_path / "absent/*"))
+    )
+
+    report = ingest(tmp_path / "out", [{"kind": "system"}], languages=["c", "perl", "javascript"])
+
+    label = str(tmp_path).strip("/").replace("/", "-")
+    assert {(row["repo"], row["path"], row["lang"]) for row in documents(tmp_path / "out")} == {
+        (f"system/{label}-usr-include", "stdio.h", "c"),
+        (f"system/{label}-usr-include/linux", "fs.h", "c"),
+        (f"system/{label}-usr-share-perl/5.36", "strict.pm", "perl"),
+        (f"system/{label}-node/npm", "lib/cli.js", "javascript"),
+    }
+    assert {lang: n["files"] for lang, n in report.details["languages"].items()} == {
+        "c": 2,
+        "javascript": 1,
+        "perl": 1,
+    }
+    assert report.drops == {"unknown_language": 1}
+
+
+def test_language_caps_keep_each_languages_longest_sorted_prefix(tmp_path: Path) -> None:
+    corpus = write_files(
+        tmp_path / "corpus",
+        {"a/one.py": "x = 1\n", "a/two.c": "int two;\n", "b/three.c": "int three;\n", "b/four.py": "y = 4\n"},
+    )
+    source = [{"kind": "local", "paths": [str(corpus)]}]
+    report = ingest(tmp_path / "out", source, languages=["python", "c"], max_bytes_per_language={"c": 12})
+    assert [(row["repo"], row["path"]) for row in documents(tmp_path / "out")] == [
+        ("a", "one.py"),
+        ("a", "two.c"),
+        ("b", "four.py"),
+    ]
+    assert report.drops == {"cap_language_bytes": 1}
+    with pytest.raises(ParamsError, match="max_bytes_per_language"):
+        make_params(ingest={"max_bytes_per_language": {"C++": 10}})

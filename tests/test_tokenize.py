@@ -77,7 +77,7 @@ def write_clean_shards(directory: Path, documents: dict[tuple[str, str], str], s
             "id": document_id(repo, path),
             "repo": repo,
             "path": path,
-            "lang": "python",
+            "lang": "c" if path.endswith(".c") else "python",
             "content": content,
             "size_bytes": len(content.encode("utf-8")),
             "sha256": content_sha256(content),
@@ -333,3 +333,42 @@ def test_cli_run_is_byte_identical_to_an_in_process_run_and_logs_the_tokenizer(
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`codemill.stage` = 'tokenize'")
     artifacts = mlflow.MlflowClient().list_artifacts(runs.iloc[0]["run_id"], "tokenizer")
     assert {Path(a.path).name for a in artifacts} >= {"tokenizer.json", "tokenizer_config.json"}
+
+
+def test_mixture_weights_repeat_or_thin_training_documents_by_language(tmp_path: Path) -> None:
+    documents = corpus(repos=8, files=4)
+    documents.update(
+        {
+            (f"org-{r}/project-{r}", f"src/lib_{i}.c"): f"int lib_{r}_{i}(int x) {{ return x * {i}; }}\n"
+            for r in range(8)
+            for i in range(3)
+        }
+    )
+    clean = write_clean_shards(tmp_path / "clean", documents)
+    plain = tokenize(clean, tmp_path / "plain", val_fraction=0.25)
+    weights = {"languages": {"c": 2.0, "python": 0.5}}
+    mixed = tokenize(clean, tmp_path / "mixed", val_fraction=0.25, mixture=weights)
+
+    before, after = (report.details["languages"] for report in (plain, mixed))
+    assert after["c"]["train_documents_written"] == 2 * before["c"]["train_documents_written"] > 0
+    train_ids = json.loads((tmp_path / "mixed" / "train.ids.json").read_text())
+    python_ids = {
+        document_id(repo, path)
+        for (repo, path), text in documents.items()
+        if not path.endswith(".c") and text
+    }
+    kept = [
+        doc_id
+        for doc_id in json.loads((tmp_path / "plain" / "train.ids.json").read_text())
+        if doc_id in python_ids
+    ]
+    seed = json.loads((tmp_path / "mixed" / "index.json").read_text())["seed"]
+    expected = [doc_id for doc_id in kept if pipeline.mixture_repeats(doc_id, 0.5, seed)]
+    assert [doc_id for doc_id in train_ids if doc_id in python_ids] == expected
+    assert 0 < len(expected) < len(kept)
+    assert (
+        json.loads((tmp_path / "mixed" / "index.json").read_text())["mixture"]["languages"]
+        == weights["languages"]
+    )
+    for name in ("val.bin", "val.ids.json", "val.docs.npy"):  # validation is never reweighted
+        assert (tmp_path / "mixed" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()

@@ -343,7 +343,10 @@ def test_stack_language_names_with_every_language_kept_pass_validate(
         for index, lang in enumerate(STACK_LANGUAGES)
     ]
     pq.write_table(pa.Table.from_pylist(stack), tmp_path / "stack.parquet")
-    every_language = {"sources": [{"kind": "files", "paths": [str(tmp_path / "stack.parquet")]}], "languages": None}
+    every_language = {
+        "sources": [{"kind": "files", "paths": [str(tmp_path / "stack.parquet")]}],
+        "languages": None,
+    }
     report = call_stage(INGEST, make_params(ingest=every_language), [], str(tmp_path / "ingest"))
     rows = [row for path in list_shards(str(tmp_path / "ingest")) for row in read_shard(path).to_pylist()]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from components.clean import decontam, pii
+from components.corpus_stats import language_breakdown
 from components.params import StageContext
 from components.params.clean import CleanJob
 from components.report import ShardResult, StageReport
@@ -119,6 +120,7 @@ def run(job: CleanJob, context: StageContext, io: StageIO) -> StageReport:
     with shard_outputs(io.require_output("clean")) as out:
         tasks = [ShardTask(source, out.shard(source), out.exclusions(source), job) for source in sources]
         results = run_shards(clean_shard, tasks, context, report)
+        report.details["languages"] = language_breakdown(out.output, out.excluded)
     counters = summed_counters(results)
     rule_counts = Counter({name: int(counters[f"pii.rule.{name}"]) for name in pii.RULE_NAMES})
     by_kind = pii.counts_by_kind(rule_counts)

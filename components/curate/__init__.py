@@ -34,11 +34,11 @@ arm of a dedup ablation is measured on the same text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from components.corpus_stats import language_breakdown
 from components.curate.rules import DROP_REASONS, INVALID_TEXT, Curator
 from components.curate.signals import SIGNAL_SCHEMA, Signals
 from components.errors import StageError
@@ -118,11 +118,9 @@ def curate_shard(task: ShardTask) -> ShardResult:
         elif reason is None and signals is not None:
             kept_rows.append(index)
             kept_signals.append(signals)
-            result.counters[f"lang.{lang}.kept"] += 1
             result.counters["quality_sum"] += signals["quality_score"]
         else:
             reason = reason or INVALID_TEXT
-            result.counters[f"lang.{lang}.dropped"] += 1
             dropped.append((index, reason, curator.explain(reason, signals, lang)))
     rows = table.take(pa.array([index for index, _, _ in dropped], pa.int64()))
     for (index, reason, detail), row in zip(dropped, rows.select(EXCLUDED_COLUMNS).to_pylist(), strict=True):
@@ -144,16 +142,6 @@ def is_held_out(repo: str, fraction: float) -> bool:
     return unit_hash("holdout", repo) < fraction
 
 
-def language_counts(counters: Mapping[str, float]) -> dict[str, dict[str, int]]:
-    """``{lang: {"kept": n, "dropped": n}}`` from the ``lang.<lang>.<kept|dropped>`` counters."""
-    languages: dict[str, dict[str, int]] = {}
-    for key, value in counters.items():
-        if key.startswith("lang."):
-            lang, outcome = key[len("lang.") :].rsplit(".", 1)
-            languages.setdefault(lang, {"kept": 0, "dropped": 0})[outcome] = int(value)
-    return dict(sorted(languages.items()))
-
-
 def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport:
     """Drop documents that fail the heuristic filters of params.curate; keep quality signals as columns."""
     report = StageReport(stage="curate")
@@ -164,8 +152,8 @@ def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport
             for path in list_shards(io.input("documents"))
         ]
         results = run_shards(curate_shard, tasks, context, report)
+        report.details["languages"] = language_breakdown(out.output, out.excluded)
     counters = summed_counters(results)
-    report.details["languages"] = language_counts(counters)
     report.metrics["held_out"] = float(counters["held_out"])
     report.metrics["kept_fraction"] = report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["kept_bytes_fraction"] = report.bytes_out / report.bytes_in if report.bytes_in else 0.0

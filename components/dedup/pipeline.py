@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.corpus_stats import language_breakdown
 from components.dedup.clusters import (
     ALL_PAIRS_MAX_BUCKET,
     NO_PAIRS,
@@ -531,6 +532,7 @@ def run(config: DedupConfig, context: StageContext, io: StageIO) -> StageReport:
             report.details.update(decisions.details)
         with shard_outputs(io.require_output("dedup")) as out:
             run_shards(write_kept_rows, write_tasks(shards, out, corpus, decisions), context, report)
+            report.details["languages"] = language_breakdown(out.output, out.excluded)
     report.metrics["dedup_ratio"] = 1 - report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["dedup_byte_ratio"] = 1 - report.bytes_out / report.bytes_in if report.bytes_in else 0.0
     return report

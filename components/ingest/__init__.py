@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.corpus_stats import language_breakdown
 from components.errors import StageError
 from components.ingest.readers import FileRules, read_task
 from components.ingest.runs import MAX_FAN_IN, documents_of, merge_plan, merge_runs, merge_task
@@ -32,6 +33,7 @@ from components.storage import work_directory
 DUPLICATE_PATH = "duplicate_path"
 CAP_MAX_FILES = "cap_max_files"
 CAP_MAX_BYTES = "cap_max_bytes"
+CAP_LANGUAGE_BYTES = "cap_language_bytes"
 
 
 #: What ingest records of a document it leaves out (its content is still in the source).
@@ -63,17 +65,21 @@ class SourceCounts:
 
 
 def select_documents(
-    documents: Iterable[tuple[int, dict[str, Any]]], max_files: int | None, max_bytes: int | None
+    documents: Iterable[tuple[int, dict[str, Any]]], config: IngestConfig
 ) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
     """Apply the caps to ``(source_index, document)`` pairs in (repo, path, source) order.
 
-    A (repo, path) seen twice keeps its first source. The caps keep the longest prefix with at most
-    ``max_files`` documents and ``max_bytes`` content bytes. Yields ``(source_index, reason, document)``
-    for every document, ``reason`` ``None`` for a kept one.
+    A (repo, path) seen twice keeps its first source. Each language of ``max_bytes_per_language`` keeps
+    the longest prefix of its documents within its cap; then ``max_files`` and ``max_bytes`` keep the
+    longest prefix of what is left. Yields ``(source_index, reason, document)`` for every document,
+    ``reason`` ``None`` for a kept one.
     """
+    max_files, max_bytes = config.max_files, config.max_bytes
     kept = 0
     total_bytes = 0
     cap_reason: str | None = None
+    language_bytes: Counter[str] = Counter()
+    capped_languages: set[str] = set()
     previous_key: tuple[str, str] | None = None
     for source_index, document in documents:
         key = (document["repo"], document["path"])
@@ -81,6 +87,14 @@ def select_documents(
             yield source_index, DUPLICATE_PATH, document
             continue
         previous_key = key
+        lang, size = document["lang"], document["size_bytes"]
+        language_cap = config.max_bytes_per_language.get(lang)
+        if language_cap is not None and (
+            lang in capped_languages or language_bytes[lang] + size > language_cap
+        ):
+            capped_languages.add(lang)
+            yield source_index, CAP_LANGUAGE_BYTES, document
+            continue
         if cap_reason is None:
             if max_files is not None and kept >= max_files:
                 cap_reason = CAP_MAX_FILES
@@ -90,18 +104,18 @@ def select_documents(
             yield source_index, cap_reason, document
             continue
         kept += 1
-        total_bytes += document["size_bytes"]
+        total_bytes += size
+        language_bytes[lang] += size
         yield source_index, None, document
 
 
 @dataclass
 class Written:
-    """What :func:`write_documents` wrote: files, shards, the repos and the files per language."""
+    """What :func:`write_documents` wrote: files, shards and the repos."""
 
     files: int = 0
     shards: int = 0
     repos: set[str] = field(default_factory=set)
-    languages: Counter[str] = field(default_factory=Counter)
 
 
 def write_documents(
@@ -114,7 +128,7 @@ def write_documents(
     """Write the documents the caps keep as shards of ``directory``; count the others as left out."""
     written = Written()
     writer = ShardWriter(directory, BASE_SCHEMA, shard_bytes)
-    for source_index, reason, document in select_documents(documents, config.max_files, config.max_bytes):
+    for source_index, reason, document in select_documents(documents, config):
         source_counts = counts[source_index]
         if reason is not None:
             source_counts.excluded.drop(reason, {name: document[name] for name in EXCLUDED_FIELDS})
@@ -124,7 +138,6 @@ def write_documents(
         source_counts.bytes_out += document["size_bytes"]
         written.files += 1
         written.repos.add(document["repo"])
-        written.languages[document["lang"]] += 1
     written.shards = len(writer.close())
     return written
 
@@ -172,6 +185,7 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
                 )
             for index, source_counts in enumerate(counts):
                 source_counts.excluded.write(out.exclusions(shard_name(index)))
+            languages = language_breakdown(out.output, out.excluded)
 
     report = StageReport("ingest")
     for source_counts in counts:
@@ -179,7 +193,7 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
     report.metrics = {"repos": len(written.repos), "shards": written.shards}
     report.details = {
         "sources": [source_counts.as_dict() for source_counts in counts],
-        "languages": dict(sorted(written.languages.items())),
+        "languages": languages,
     }
     return report
 

@@ -6,12 +6,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from components.languages import normalize_language
 from components.params.base import StrictModel
 
 #: Our document columns a ``files`` source can map from its own columns.
 MAPPABLE_COLUMNS = ("content", "repo", "path", "lang", "stars", "license")
 
-SourceKind = Literal["python-stdlib", "site-packages", "local", "files", "git", "issues"]
+SourceKind = Literal["python-stdlib", "site-packages", "system", "local", "files", "git", "issues"]
 #: The ``lang`` every document of a source kind gets (the other kinds: by file).
 KIND_LANGUAGES = {"git": "git-commits", "issues": "github-issues"}
 
@@ -21,6 +22,8 @@ class SourceConfig(StrictModel):
 
     - ``python-stdlib``: the running interpreter's standard library, one repo per top-level module.
     - ``site-packages``: the installed distributions, one repo each.
+    - ``system``: code in other languages this machine has (C/C++ headers, npm's JavaScript, Perl's
+      library, Go and Rust sources where installed; ``SYSTEM_CODE_ROOTS`` in components/ingest/sources.py).
     - ``local``: directories (``paths``); each subdirectory is a repo, or the directory itself when it
       is a git work tree.
     - ``files``: Parquet/JSONL files, globs or saved ``datasets`` directories (``paths``), local or
@@ -31,8 +34,8 @@ class SourceConfig(StrictModel):
     """
 
     kind: SourceKind
-    #: Prefix of the repo names (``<name>/<repo>``). Default: the kind for python-stdlib and
-    #: site-packages, no prefix for local and files (their repo names come from the data).
+    #: Prefix of the repo names (``<name>/<repo>``). Default: the kind for python-stdlib, site-packages
+    #: and system, no prefix for the others (their repo names come from the data).
     name: str | None = None
     paths: list[str] = Field(default_factory=list)
     #: ``files`` only; ``auto`` decides per path (extension, or a saved dataset directory).
@@ -66,7 +69,7 @@ class SourceConfig(StrictModel):
         """What repo names of this source start with (``""`` for none)."""
         if self.name is not None:
             return self.name
-        return self.kind if self.kind in ("python-stdlib", "site-packages") else ""
+        return self.kind if self.kind in ("python-stdlib", "site-packages", "system") else ""
 
     def describe(self) -> str:
         """How errors and reports name this source: kind plus paths."""
@@ -95,9 +98,19 @@ class IngestConfig(StrictModel):
     #: Caps on the documents kept, applied in (repo, path) order: the longest prefix that fits.
     max_files: int | None = Field(None, gt=0)
     max_bytes: int | None = Field(None, gt=0)
+    #: Per-language caps on content bytes (the longest (repo, path)-sorted prefix of each language).
+    max_bytes_per_language: dict[str, int] = Field(default_factory=dict)
     #: Files larger than this (UTF-8 bytes) are skipped; local files are not read (stat first).
     max_file_bytes: int = Field(1_000_000, gt=0)
     notebooks: NotebookConfig = NotebookConfig()
+
+    @field_validator("max_bytes_per_language")
+    @classmethod
+    def _positive_language_caps(cls, caps: dict[str, int]) -> dict[str, int]:
+        bad = {lang: cap for lang, cap in caps.items() if cap <= 0 or lang != normalize_language(lang)}
+        if bad:
+            raise ValueError(f"caps must be > 0 and keyed by our language names (lower case, '-'): {bad}")
+        return caps
 
     @model_validator(mode="after")
     def _source_languages_selected(self) -> IngestConfig:

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from components.tokens.packing import (
     Document,
     encode_documents,
     metadata_length,
+    mixture_repeats,
     split_paths,
     split_repos,
     token_dtype,
@@ -179,6 +180,7 @@ class EncodedSplit:
     ids: list[str]
     repos: list[str]
     paths: list[str]
+    langs: list[str]
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,6 +215,7 @@ def encode_shard(task: EncodeTask) -> dict[str, EncodedSplit]:
             ids=[d.id for d in documents],
             repos=[d.repo for d in documents],
             paths=[d.path for d in documents],
+            langs=[d.lang or "" for d in documents],
         )
     return encoded
 
@@ -231,17 +234,21 @@ class SplitSpool:
             part.tokens.tofile(handle)
         self.parts.append(dataclasses.replace(part, tokens=part.tokens[:0]))
 
-    def write(self, directory: str | Path, split: str) -> dict[str, Any]:
-        """Write the split's files (documents sorted by (repo, path)), remove the spool; return its stats."""
+    def write(
+        self, directory: str | Path, split: str, repeats: Callable[[str, str, str], int]
+    ) -> dict[str, Any]:
+        """Write the split's files (documents sorted by (repo, path), each ``repeats(id, lang, repo)`` times),
+        remove the spool; return its stats."""
         lengths, prefixes, doc_bytes, chars = (
             np.concatenate([getattr(part, name) for part in self.parts]).astype(np.int64)
             for name in ("lengths", "prefix_lengths", "doc_bytes", "chars")
         )
-        ids, repos, paths = (
+        ids, repos, paths, langs = (
             [value for part in self.parts for value in getattr(part, name)]
-            for name in ("ids", "repos", "paths")
+            for name in ("ids", "repos", "paths", "langs")
         )
         order = sorted(range(len(ids)), key=lambda i: (repos[i], paths[i]))  # stable: ties keep shard order
+        order = [i for i in order for _ in range(repeats(ids[i], langs[i], repos[i]))]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         paths_out = split_paths(directory, split)
         with paths_out["bin"].open("wb") as out:
@@ -252,7 +259,11 @@ class SplitSpool:
                 del spool
         self.path.unlink()
         write_split_index(directory, split, lengths[order], [ids[i] for i in order], doc_bytes[order])
-        return split_stats(lengths, prefixes, doc_bytes, chars, repos)
+        stats = split_stats(
+            lengths[order], prefixes[order], doc_bytes[order], chars[order], [repos[i] for i in order]
+        )
+        stats["languages"] = language_stats(lengths, [langs[i] for i in range(len(ids))], order)
+        return stats
 
 
 def split_stats(
@@ -272,6 +283,21 @@ def split_stats(
         "repos": len(set(repos)),
         "metadata_documents": int(np.count_nonzero(prefixes)),
     }
+
+
+def language_stats(lengths: np.ndarray, langs: list[str], order: list[int]) -> dict[str, dict[str, int]]:
+    """Per language: documents and tokens before weighting, and as written (``order`` repeats some)."""
+    stats: dict[str, dict[str, int]] = {}
+    for index, lang in enumerate(langs):
+        entry = stats.setdefault(
+            lang, {"documents": 0, "tokens": 0, "documents_written": 0, "tokens_written": 0}
+        )
+        entry["documents"] += 1
+        entry["tokens"] += int(lengths[index])
+    for index in order:
+        stats[langs[index]]["documents_written"] += 1
+        stats[langs[index]]["tokens_written"] += int(lengths[index])
+    return dict(sorted(stats.items()))
 
 
 def shard_batches(scans: Sequence[ShardScan], max_bytes: int) -> list[list[int]]:
@@ -330,8 +356,12 @@ def run(config: TokenizeConfig, context: StageContext, io: StageIO) -> StageRepo
             for encoded in map_shards(encode_shard, tasks, executor):
                 for split in SPLITS:
                     spools[split].add(encoded[split])
-        for split in SPLITS:
-            stats[split] = spools[split].write(tmp_dir, split)
+
+        def train_repeats(doc_id: str, lang: str, repo: str) -> int:
+            return mixture_repeats(doc_id, config.mixture.weight(lang, repo), seed)
+
+        stats["train"] = spools["train"].write(tmp_dir, "train", train_repeats)
+        stats["val"] = spools["val"].write(tmp_dir, "val", lambda *_: 1)
         index = {
             "format": INDEX_FORMAT,
             "dtype": dtype.name,
@@ -342,6 +372,7 @@ def run(config: TokenizeConfig, context: StageContext, io: StageIO) -> StageRepo
             "seed": seed,
             "metadata_rate": config.metadata_rate,
             "val_fraction": config.val_fraction,
+            "mixture": config.mixture.model_dump(),
             "splits": stats,
         }
         (Path(tmp_dir) / INDEX_FILE).write_text(
@@ -364,7 +395,18 @@ def run(config: TokenizeConfig, context: StageContext, io: StageIO) -> StageRepo
         "seconds.train_tokenizer": round(train_seconds, 3),
         "seconds.encode": round(encode_seconds, 3),
     }
-    report.details = {"index": index, "val_repos": sorted(val_repos)}
+    report.details = {
+        "index": index,
+        "val_repos": sorted(val_repos),
+        "languages": {
+            lang: {
+                f"{split}_{key}": stats[split]["languages"].get(lang, {}).get(key, 0)
+                for split in SPLITS
+                for key in ("documents_written", "tokens_written")
+            }
+            for lang in sorted(set(stats["train"]["languages"]) | set(stats["val"]["languages"]))
+        },
+    }
     report.artifacts += [
         Artifact(str(Path(output) / TOKENIZER_DIR), TOKENIZER_DIR),
         Artifact(str(Path(output) / INDEX_FILE)),

@@ -45,6 +45,13 @@ def split_repos(repos: Sequence[str], val_fraction: float) -> frozenset[str]:
     return frozenset(held_out)
 
 
+def mixture_repeats(document_id: str, weight: float, seed: int) -> int:
+    """How many times a training document is written for ``weight``: ``floor(weight)``, plus one with
+    probability ``weight - floor(weight)`` (deterministic per document id and seed)."""
+    whole = int(weight)
+    return whole + int(unit_hash("mixture", str(seed), document_id) < weight - whole)
+
+
 def wants_metadata(document_id: str, seed: int, rate: float) -> bool:
     """Whether a training document gets the metadata prefix (deterministic per document id and seed)."""
     return unit_hash("metadata", str(seed), document_id) < rate
