@@ -92,6 +92,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from components.summary import (
         format_alignment_summary,
         format_eval_summary,
+        format_language_summary,
         format_model_summary,
         format_registry_summary,
         format_summary,
@@ -104,6 +105,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     print(format_summary(reports))
     print()
     sections = (
+        format_language_summary(reports, read_eval_report()),
         format_model_summary(reports),
         format_eval_summary(read_eval_report()),
         format_alignment_summary(reports),

@@ -54,6 +54,42 @@ def format_summary(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Data stages whose reports carry ``details.languages`` (components/corpus_stats.py), in order.
+LANGUAGE_STAGES = ("ingest", "curate", "dedup", "clean")
+
+
+def format_language_summary(reports: dict[str, dict[str, Any]], eval_report: dict[str, Any]) -> str:
+    """Per language: files after each data stage, files dropped, MB and training tokens at the end, and
+    the held-out bits per byte of the last evaluated model."""
+    stages = [
+        stage for stage in LANGUAGE_STAGES if "languages" in (reports.get(stage, {}).get("details") or {})
+    ]
+    if not stages:
+        return ""
+    per_stage = {stage: reports[stage]["details"]["languages"] for stage in stages}
+    tokens = (reports.get("tokenize", {}).get("details") or {}).get("languages") or {}
+    models = eval_report.get("models") or {}
+    order = (eval_report.get("settings") or {}).get("models") or list(models)
+    last = next((name for name in reversed(order) if name in models), None)
+    languages = sorted({lang for counts in per_stage.values() for lang in counts})
+    titles = [*(f"{stage:>8}" for stage in stages), f"{'dropped':>8}", f"{'MB':>7}", f"{'train tokens':>12}"]
+    header = " ".join([f"{'language':<20}", *titles, f"{(last or '') + ' val bpb':>20}"])
+    lines = [header, "-" * len(header)]
+    for lang in languages:
+        counts = [per_stage[stage].get(lang, {}) for stage in stages]
+        val_bpb = models.get(last, {}).get(f"val.{lang}.bpb") if last else None
+        train_tokens = (tokens.get(lang) or {}).get("train_tokens_written")
+        cells = [
+            *(f"{c.get('files', 0):>8,}" for c in counts),
+            f"{sum(c.get('dropped', 0) for c in counts):>8,}",
+            f"{_mb(counts[-1].get('bytes', 0)):>7}",
+            _cell(train_tokens, "{:>12,}"),
+            _cell(val_bpb, "{:>20.3f}"),
+        ]
+        lines.append(" ".join([f"{lang:<20}", *cells]))
+    return "\n".join(lines)
+
+
 #: Report metrics of the model stages shown in the summary: (metric, column title, format).
 MODEL_COLUMNS = [
     ("tokens_trained", "tokens", "{:>12,.0f}"),

@@ -242,6 +242,7 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     from components.summary import (
         format_alignment_summary,
         format_eval_summary,
+        format_language_summary,
         format_model_summary,
         format_registry_summary,
         load_reports,
@@ -263,6 +264,8 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     scores = format_eval_summary(read_eval_report(root / "reports" / "eval.json"))
     lines += ["## Models", "", f"```\n{trained}\n```" if trained else "None trained yet.", ""]
     lines += ["## Eval scores", "", f"```\n{scores}\n```" if scores else "No evaluation yet.", ""]
+    languages = format_language_summary(reports, read_eval_report(root / "reports" / "eval.json"))
+    lines += ["## Languages", "", f"```\n{languages}\n```" if languages else "No data stage yet.", ""]
     aligned = format_alignment_summary(reports)
     lines += ["## Alignment", "", f"```\n{aligned}\n```" if aligned else "No alignment yet.", ""]
     registered = format_registry_summary(reports)

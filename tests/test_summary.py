@@ -8,6 +8,7 @@ from components.dvc_project import stage_names
 from components.report import StageReport
 from components.summary import (
     format_eval_summary,
+    format_language_summary,
     format_model_summary,
     format_registry_summary,
     format_summary,
@@ -114,3 +115,41 @@ def test_alignment_summary_shows_the_held_out_figures_before_and_after_with_inte
     assert "25.0% [0.0%, 50.0%]" in text and "50.0% [25.0%, 75.0%]" in text
     assert "40.0%" in text and "80.0%" in text
     assert format_alignment_summary({"sft": {"metrics": {}}}) == ""
+
+
+def test_language_table_follows_each_language_through_the_stages() -> None:
+    def stage(languages: dict[str, tuple[int, int, int]]) -> dict:
+        return {
+            "details": {
+                "languages": {
+                    k: dict(zip(("files", "bytes", "dropped"), v, strict=True)) for k, v in languages.items()
+                }
+            }
+        }
+
+    reports = {
+        "ingest": stage({"python": (10, 5_000_000, 2), "c": (6, 2_000_000, 0)}),
+        "curate": stage({"python": (8, 4_000_000, 2), "c": (5, 1_500_000, 1)}),
+        "dedup": stage({"python": (7, 3_500_000, 1), "c": (5, 1_500_000, 0)}),
+        "clean": stage({"python": (7, 3_400_000, 0), "c": (4, 1_200_000, 1)}),
+        "tokenize": {"details": {"languages": {"python": {"train_tokens_written": 12345}}}},
+    }
+    evaluated = {"settings": {"models": ["pretrain", "sft"]}, "models": {"sft": {"val.python.bpb": 1.234}}}
+    header, _, c_row, python_row = format_language_summary(reports, evaluated).splitlines()
+    assert header.split() == [
+        "language",
+        "ingest",
+        "curate",
+        "dedup",
+        "clean",
+        "dropped",
+        "MB",
+        "train",
+        "tokens",
+        "sft",
+        "val",
+        "bpb",
+    ]
+    assert c_row.split() == ["c", "6", "5", "5", "4", "2", "1.2", "-", "-"]
+    assert python_row.split() == ["python", "10", "8", "7", "7", "5", "3.4", "12,345", "1.234"]
+    assert format_language_summary({}, {}) == ""
