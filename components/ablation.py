@@ -1,7 +1,7 @@
 """Ablation sweeps: one DVC experiment per value of a param, compared on the metrics that matter.
 
 The Prefect flow (flows/ablation.py) only orders these steps. Each value runs as
-``dvc exp run --temp --name ablation-<key>-<value> -S <key>=<value>`` under its own MLflow parent run
+``dvc exp run --temp --name ablation-<key>-<value> -S ++<key>=<value>`` under its own MLflow parent run
 (tags ``ablation``, ``ablation.value``, ``ablation.sweep``, ``dvc.exp_name``); the stage runs nest under
 it through ``CODEMILL_PARENT_RUN_ID``. The comparison reads every experiment's reports from
 ``dvc exp show --json`` (stages restored from the run cache have no MLflow run of their own, but their
@@ -85,9 +85,13 @@ def default_targets(dvc_file: str | Path = "dvc.yaml") -> list[str]:
 
 
 def exp_run_command(key: str, value: str, targets: Sequence[str] = ()) -> list[str]:
-    """``dvc exp run`` of one value in a temporary workspace DVC manages (shares cache and run cache)."""
+    """``dvc exp run`` of one value in a temporary workspace DVC manages (shares cache and run cache).
+
+    ``++key=value`` (Hydra's add-or-override) also sets a key params.yaml does not list yet, such as one
+    language's weight in ``tokenize.mixture.languages``.
+    """
     name = experiment_name(key, value)
-    return [*DVC, "exp", "run", "--temp", "--name", name, "-S", f"{key}={value}", *targets]
+    return [*DVC, "exp", "run", "--temp", "--name", name, "-S", f"++{key}={value}", *targets]
 
 
 def experiment_env(params: Params, parent_run_id: str) -> dict[str, str]:

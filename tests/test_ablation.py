@@ -201,3 +201,59 @@ def test_ablation_flow_over_two_dedup_levels(tmp_path: Path) -> None:
         artifacts = dict(db.execute("select key, type from artifact").fetchall())
     assert states == [("COMPLETED",)]
     assert artifacts == {"ablation-dedup-level": "table", "ablation-dedup-level-summary": "markdown"}
+
+
+@pytest.mark.slow
+def test_mixture_ablation_over_two_weightings(tmp_path: Path) -> None:
+    """Two weightings of C against Python, through the data stages to tokenize; only tokenize reruns."""
+    root = tmp_path / "project"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for index, name in enumerate(
+        ["textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py", "argparse.py"]
+    ):
+        repo = root / "corpus" / f"repo{index}"
+        repo.mkdir(parents=True)
+        (repo / name).write_text((stdlib / name).read_text(encoding="utf-8"), encoding="utf-8")
+        body = "\n".join(
+            f"int value_{index}_{line}(int x) {{ return x * {line} + {index}; }}" for line in range(40)
+        )
+        (repo / f"values{index}.c").write_text(body + "\n", encoding="utf-8")
+    env = make_dvc_project(
+        root,
+        params={
+            "ingest": {"sources": [{"kind": "local", "paths": ["corpus"]}], "languages": ["python", "c"]},
+            "tokenize": {"vocab_size": 400, "val_fraction": 0.2},
+            "executor": {"workers": 1},
+        },
+        stages=["ingest", "curate", "dedup", "clean", "validate", "tokenize"],
+    )
+    env = {key: value for key, value in env.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "components.cli", "ablate", "tokenize.mixture.languages.c", "1", "3"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    with (root / "reports/ablations/tokenize.mixture.languages.c.csv").open() as handle:
+        table = {row["tokenize.mixture.languages.c"]: row for row in csv.DictReader(handle)}
+    assert list(table) == ["1", "3"]
+    assert float(table["3"]["tokens.train"]) > float(table["1"]["tokens.train"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("codemill").experiment_id
+    (parent,) = client.search_runs(
+        [experiment_id], "tags.`ablation.value` = '3' and tags.`codemill.kind` = 'pipeline'"
+    )
+    stages = {
+        run.data.tags["codemill.stage"]: run
+        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    }
+    # ingest to clean come from DVC's run cache; validate's Data Docs are not cached, so it reruns.
+    assert set(stages) == {"sources", "validate", "tokenize"}
+    assert stages["tokenize"].data.params["tokenize.mixture.languages.c"] == "3.0"
+    assert yaml.safe_load((root / "params.yaml").read_text())["tokenize"]["mixture"]["languages"] == {}
