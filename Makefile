@@ -16,9 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup run test lint format bench clean-state
-
-setup: $(STAMP)
+.PHONY: setup browser run test lint format bench clean-state
 
 # torch first: pinned to the CPU wheel resolvable here; then the project with the full pin set. uv
 # installs the same pins in seconds (pip takes minutes); pip does it where uv cannot be had. uv reads
@@ -28,6 +26,22 @@ setup: $(STAMP)
 PIP_INSTALL = $(BIN)/python -m pip install --quiet
 UV_INSTALL = $(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python \
 	$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+
+ASSETS := infra/data-docs-assets
+ASSETS_STAMP := $(ASSETS)/node_modules/.package-lock.json
+
+setup: $(STAMP) $(ASSETS_STAMP) browser
+
+# The CSS/JS GX's Data Docs load from CDNs, pinned by the lock (components/validate/offline.py ships them).
+$(ASSETS_STAMP): $(ASSETS)/package.json $(ASSETS)/package-lock.json
+	npm ci --prefix $(ASSETS) --no-audit --no-fund --ignore-scripts --loglevel=error
+
+# Headless Chromium for the offline Data Docs test (Debian's package, through apt, where it can be had).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "note: no Chromium (apt as root installs Debian's chromium); the browser test will be skipped"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -28,11 +28,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
+from components.corpus_stats import STATS_DIR, write_statistics
 from components.errors import ParamsError, StageError
 from components.executor import map_shards
 from components.params import DEFAULT_PARAMS, Params, StageContext, flatten, load_params
@@ -115,6 +116,9 @@ class Stage:
     run: StageFn
     inputs: tuple[Input, ...] = ()
     has_output: bool = True
+    #: ``(input documents or None, output) -> statistics`` (components/corpus_stats.py), written beside
+    #: the report (``stats/<stage>.json`` and ``.png``) and logged under ``corpus_stats/``.
+    statistics: Callable[[str | None, str], dict[str, dict[str, Any]]] | None = None
 
     def resolve(self, paths: Sequence[str], output: str | None) -> StageIO:
         """Match ``--input`` paths to the declared inputs and check each (errors name input and maker)."""
@@ -158,6 +162,9 @@ def run_stage(stage: Stage, params: Params, io: StageIO, report_path: str) -> St
             tracking.log_artifacts(exc.artifacts)
             raise
         report.seconds = time.perf_counter() - start
+        if stage.statistics is not None and io.output:
+            statistics = stage.statistics(io.inputs.get("documents"), io.output)
+            report.artifacts += write_statistics(stage.name, statistics, Path(report_path).parent / STATS_DIR)
         report.write(report_path)
         outputs = [io.output] if io.output else []
         tracking.log_stage_result(report, report_path, list(io.inputs.values()), outputs)

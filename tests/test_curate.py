@@ -392,6 +392,24 @@ def test_command_line_writes_the_report(
     assert report["details"]["languages"]["python"]["files"] == 2
     assert report["details"]["languages"]["python"]["dropped"] == 3
 
+    # Corpus statistics before and after the stage, beside the report and on the stage's MLflow run.
+    import json
+
+    import mlflow
+
+    statistics = json.loads((tmp_path / "reports" / "stats" / "curate.json").read_text())
+    length = statistics["length_bytes"]
+    assert (length["before"]["count"], length["after"]["count"]) == (7, 3)
+    assert sum(length["before"]["histogram"]["counts"]) == 7
+    kept_paths = {"greet.py", "test_greet.py", "config.json"}
+    kept = [row["size_bytes"] for shard in MIXED_SHARDS for row in shard if row["path"] in kept_paths]
+    assert length["after"]["mean"] == pytest.approx(sum(kept) / len(kept))
+    assert 0 < statistics["alnum_fraction"]["after"]["p50"] < 1
+    assert (tmp_path / "reports" / "stats" / "curate.png").read_bytes().startswith(b"\x89PNG")
+    (run,) = mlflow.search_runs(filter_string="tags.`codemill.stage` = 'curate'", output_format="list")
+    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id, "corpus_stats")}
+    assert logged == {"corpus_stats/curate.json", "corpus_stats/curate.png"}
+
 
 def test_held_out_repositories_go_to_the_holdout_dataset_after_the_filters(tmp_path: Path) -> None:
     # Repository r24 hashes below 5%: its documents that pass the filters are held out, not kept.

@@ -262,7 +262,7 @@ def test_files_source_reads_stack_parquet_and_codeparrot_jsonl(tmp_path: Path) -
     (tmp_path / "parrot.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     sources = [{"kind": "files", "paths": [str(tmp_path / "stack.parquet"), str(tmp_path / "parrot.jsonl")]}]
 
-    report = ingest(tmp_path / "out", sources)
+    report = ingest(tmp_path / "out", sources, languages=["python"])
 
     rows = {row["path"]: row for row in documents(tmp_path / "out")}
     assert sorted(rows) == ["a.py", "src/hello.py"]
@@ -433,7 +433,7 @@ def test_extensions_and_languages_from_params(tmp_path: Path) -> None:
 
 
 def test_stdlib_source_names_one_repo_per_top_level_module(tmp_path: Path) -> None:
-    report = ingest(tmp_path / "out", [{"kind": "python-stdlib"}], max_bytes=None)
+    report = ingest(tmp_path / "out", [{"kind": "python-stdlib"}], max_bytes=None, languages=["python"])
 
     rows = documents(tmp_path / "out")
     by_repo: dict[str, set[str]] = {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from components.clean import decontam, pii
-from components.corpus_stats import language_breakdown
+from components.corpus_stats import language_breakdown, stage_statistics
 from components.params import StageContext
 from components.params.clean import CleanJob
 from components.report import ShardResult, StageReport
@@ -133,6 +133,6 @@ def run(job: CleanJob, context: StageContext, io: StageIO) -> StageReport:
     return report
 
 
-STAGE = Stage("clean", run, inputs=(Input("documents"),))
+STAGE = Stage("clean", run, inputs=(Input("documents"),), statistics=stage_statistics)
 
 __all__ = ["PII_COUNT", "STAGE", "run"]

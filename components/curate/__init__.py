@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from components.corpus_stats import language_breakdown
+from components.corpus_stats import language_breakdown, stage_statistics
 from components.curate.rules import DROP_REASONS, INVALID_TEXT, Curator
 from components.curate.signals import SIGNAL_SCHEMA, Signals
 from components.errors import StageError
@@ -162,6 +162,6 @@ def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport
     return report
 
 
-STAGE = Stage("curate", run, inputs=(Input("documents"),))
+STAGE = Stage("curate", run, inputs=(Input("documents"),), statistics=stage_statistics)
 
 __all__ = ["STAGE", "run"]

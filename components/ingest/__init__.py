@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.corpus_stats import language_breakdown
+from components.corpus_stats import language_breakdown, stage_statistics
 from components.errors import StageError
 from components.ingest.readers import FileRules, read_task
 from components.ingest.runs import MAX_FAN_IN, documents_of, merge_plan, merge_runs, merge_task
@@ -198,6 +198,6 @@ def run(config: IngestConfig, context: StageContext, io: StageIO) -> StageReport
     return report
 
 
-STAGE = Stage("ingest", run)
+STAGE = Stage("ingest", run, statistics=stage_statistics)
 
 __all__ = ["STAGE", "run"]

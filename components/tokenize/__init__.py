@@ -4,9 +4,10 @@ The stage is :mod:`~components.tokenize.pipeline`; the token format it writes (t
 the dataset the trainer reads) is :mod:`components.tokens`.
 """
 
+from components.corpus_stats import token_statistics
 from components.stage_runner import Input, Stage
 from components.tokenize.pipeline import run
 
-STAGE = Stage("tokenize", run, inputs=(Input("documents"),))
+STAGE = Stage("tokenize", run, inputs=(Input("documents"),), statistics=token_statistics)
 
 __all__ = ["STAGE", "run"]

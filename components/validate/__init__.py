@@ -25,6 +25,7 @@ from components.params.validate import ValidateJob
 from components.report import Artifact, StageReport
 from components.shards import atomic_output_dir, filesystem, list_shards
 from components.stage_runner import Input, Stage, StageIO
+from components.validate.offline import ship_assets
 from components.validate.signals import ShardTask, checks_benchmarks, pii_rules
 
 
@@ -69,6 +70,7 @@ def run(job: ValidateJob, context: StageContext, io: StageIO) -> StageReport:
     found = failures(validation, suite)
 
     docs = gx_project.data_docs_dir(gx_context)
+    ship_assets(docs)  # GX's CDN assets, shipped: the report reads the same offline
     with atomic_output_dir(output) as tmp:
         docs_files = copy_tree(docs, tmp)
 
