@@ -112,9 +112,14 @@ def make_dvc_project(
 
     import yaml
 
+    from components.validate.offline import ASSETS_PATH
+
     for relative in project_files():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / relative, root / relative)
+    assets = PROJECT_ROOT / ASSETS_PATH  # installed by `make setup`, ignored by git: linked, not copied
+    if assets.is_dir():
+        (root / ASSETS_PATH).symlink_to(assets, target_is_directory=True)
     raw = yaml.safe_load((root / "params.yaml").read_text())
     for name, value in (params or {}).items():
         raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value

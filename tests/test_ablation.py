@@ -118,94 +118,9 @@ def test_bad_values_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.slow
-def test_ablation_flow_over_two_dedup_levels(tmp_path: Path) -> None:
-    """Two values on a tiny corpus (6 files, each also in an exact copy) through ingest -> curate -> dedup."""
-    root = tmp_path / "project"
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for name in ["textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py", "argparse.py"]:
-        for repo in ("orig", "fork"):
-            path = root / "corpus" / repo / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text((stdlib / name).read_text(encoding="utf-8"), encoding="utf-8")
-    env = make_dvc_project(
-        root,
-        params={"ingest": {"sources": [{"kind": "local", "paths": ["corpus"]}]}, "executor": {"workers": 1}},
-        stages=["ingest", "curate", "dedup"],
-    )
-    env = {key: value for key, value in env.items() if not key.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-
-    result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "ablate", "dedup.level", "none", "exact"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    # Two tagged parent runs, one per value, with the stage runs nested under them.
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment_id = client.get_experiment_by_name("codemill").experiment_id
-    parents = client.search_runs(
-        [experiment_id], "tags.ablation = 'dedup.level' and tags.`codemill.kind` = 'pipeline'"
-    )
-    by_value = {run.data.tags["ablation.value"]: run for run in parents}
-    assert sorted(by_value) == ["exact", "none"]
-    (summary,) = client.search_runs([experiment_id], "tags.`codemill.kind` = 'ablation'")
-    for value, parent in by_value.items():
-        assert parent.info.status == "FINISHED"
-        assert parent.data.tags["dvc.exp_name"] == f"ablation-dedup.level-{value}"
-        assert parent.data.tags["ablation.sweep"] == summary.info.run_id
-        assert parent.data.params["dedup.level"] == value
-    children = {
-        value: {
-            run.data.tags["codemill.stage"]: run
-            for run in client.search_runs(
-                [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-            )
-        }
-        for value, parent in by_value.items()
-    }
-    assert set(children["none"]) == {"sources", "ingest", "curate", "dedup"}
-    # The fingerprint runs every time; ingest and curate come from DVC's run cache.
-    assert set(children["exact"]) == {"sources", "dedup"}, "ingest and curate must come from DVC's run cache"
-    assert children["exact"]["dedup"].data.params["dedup.level"] == "exact"
-    assert children["exact"]["dedup"].data.tags["dvc.exp_name"] == "ablation-dedup.level-exact"
-    assert by_value["none"].data.metrics["dedup.files_out"] == 12
-    assert by_value["exact"].data.metrics["dedup.files_out"] == 6
-
-    # The comparison: table and plot on disk and on the summary run.
-    with (root / "reports/ablations/dedup.level.csv").open() as handle:
-        table = {row["dedup.level"]: row for row in csv.DictReader(handle)}
-    assert list(table) == ["none", "exact"]
-    assert float(table["none"]["dedup.files_out"]) == 12 and float(table["exact"]["dedup.files_out"]) == 6
-    assert float(table["exact"]["dedup.dedup_ratio"]) == 0.5
-    assert (root / "reports/ablations/dedup.level.png").read_bytes().startswith(PNG_HEADER)
-    logged = {item.path for item in client.list_artifacts(summary.info.run_id, "ablation")}
-    assert logged == {"ablation/dedup.level.csv", "ablation/dedup.level.png"}
-    assert summary.info.status == "FINISHED"
-
-    # The workspace is left as it was; the experiments are DVC's.
-    assert yaml.safe_load((root / "params.yaml").read_text())["dedup"]["level"] == "file"
-    assert run_checked(["git", "status", "--porcelain", "--untracked-files=no"], root, env) == ""
-    listed = run_checked([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], root, env).split()
-    assert sorted(listed) == ["ablation-dedup.level-exact", "ablation-dedup.level-none"]
-
-    # Prefect: the flow run completed and published the two artifacts.
-    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
-        states = db.execute(
-            "select fr.state_type from flow_run fr join flow f on f.id = fr.flow_id where f.name = 'ablation'"
-        ).fetchall()
-        artifacts = dict(db.execute("select key, type from artifact").fetchall())
-    assert states == [("COMPLETED",)]
-    assert artifacts == {"ablation-dedup-level": "table", "ablation-dedup-level-summary": "markdown"}
-
-
-@pytest.mark.slow
-def test_mixture_ablation_over_two_weightings(tmp_path: Path) -> None:
-    """Two weightings of C against Python, through the data stages to tokenize; only tokenize reruns."""
+def test_ablation_flow_over_two_mixture_weightings(tmp_path: Path) -> None:
+    """Two weightings of C against Python (a key params.yaml does not list yet) on a tiny corpus, through
+    the data stages to tokenize: one tagged parent run per value, the stages nested, the comparison."""
     root = tmp_path / "project"
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for index, name in enumerate(
@@ -229,9 +144,10 @@ def test_mixture_ablation_over_two_weightings(tmp_path: Path) -> None:
     )
     env = {key: value for key, value in env.items() if not key.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    key = "tokenize.mixture.languages.c"
 
     result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "ablate", "tokenize.mixture.languages.c", "1", "3"],
+        [sys.executable, "-m", "components.cli", "ablate", key, "1", "3"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -240,20 +156,59 @@ def test_mixture_ablation_over_two_weightings(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    with (root / "reports/ablations/tokenize.mixture.languages.c.csv").open() as handle:
-        table = {row["tokenize.mixture.languages.c"]: row for row in csv.DictReader(handle)}
-    assert list(table) == ["1", "3"]
-    assert float(table["3"]["tokens.train"]) > float(table["1"]["tokens.train"])
+    # Two tagged parent runs, one per value, with the stage runs nested under them.
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name("codemill").experiment_id
-    (parent,) = client.search_runs(
-        [experiment_id], "tags.`ablation.value` = '3' and tags.`codemill.kind` = 'pipeline'"
+    parents = client.search_runs(
+        [experiment_id], f"tags.ablation = '{key}' and tags.`codemill.kind` = 'pipeline'"
     )
-    stages = {
-        run.data.tags["codemill.stage"]: run
-        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_value = {run.data.tags["ablation.value"]: run for run in parents}
+    assert sorted(by_value) == ["1", "3"]
+    (summary,) = client.search_runs([experiment_id], "tags.`codemill.kind` = 'ablation'")
+    for value, parent in by_value.items():
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["dvc.exp_name"] == f"ablation-{key}-{value}"
+        assert parent.data.tags["ablation.sweep"] == summary.info.run_id
+    children = {
+        value: {
+            run.data.tags["codemill.stage"]: run
+            for run in client.search_runs(
+                [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+            )
+        }
+        for value, parent in by_value.items()
     }
+    assert set(children["1"]) == {"sources", "ingest", "curate", "dedup", "clean", "validate", "tokenize"}
     # ingest to clean come from DVC's run cache; validate's Data Docs are not cached, so it reruns.
-    assert set(stages) == {"sources", "validate", "tokenize"}
-    assert stages["tokenize"].data.params["tokenize.mixture.languages.c"] == "3.0"
+    assert set(children["3"]) == {"sources", "validate", "tokenize"}
+    assert children["3"]["tokenize"].data.params[key] == "3.0"
+    assert children["3"]["tokenize"].data.tags["dvc.exp_name"] == f"ablation-{key}-3"
+
+    # The comparison: table and plot on disk and on the summary run.
+    with (root / f"reports/ablations/{key}.csv").open() as handle:
+        table = {row[key]: row for row in csv.DictReader(handle)}
+    assert list(table) == ["1", "3"]
+    assert float(table["3"]["tokens.train"]) > float(table["1"]["tokens.train"])
+    assert float(table["3"]["dedup.files_out"]) == float(table["1"]["dedup.files_out"]) == 12
+    assert (root / f"reports/ablations/{key}.png").read_bytes().startswith(PNG_HEADER)
+    logged = {item.path for item in client.list_artifacts(summary.info.run_id, "ablation")}
+    assert logged == {f"ablation/{key}.csv", f"ablation/{key}.png"}
+    assert summary.info.status == "FINISHED"
+
+    # The workspace is left as it was; the experiments are DVC's.
     assert yaml.safe_load((root / "params.yaml").read_text())["tokenize"]["mixture"]["languages"] == {}
+    assert run_checked(["git", "status", "--porcelain", "--untracked-files=no"], root, env) == ""
+    listed = run_checked([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], root, env).split()
+    assert sorted(listed) == [f"ablation-{key}-1", f"ablation-{key}-3"]
+
+    # Prefect: the flow run completed and published the two artifacts.
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        states = db.execute(
+            "select fr.state_type from flow_run fr join flow f on f.id = fr.flow_id where f.name = 'ablation'"
+        ).fetchall()
+        artifacts = dict(db.execute("select key, type from artifact").fetchall())
+    assert states == [("COMPLETED",)]
+    assert artifacts == {
+        "ablation-tokenize-mixture-languages-c": "table",
+        "ablation-tokenize-mixture-languages-c-summary": "markdown",
+    }

@@ -143,7 +143,8 @@ def test_dry_run_shows_the_experiment_for_set_and_rejects_bad_values(
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git+DVC copy of the project with three data stages on a tiny corpus, and its environment."""
     root = tmp_path_factory.mktemp("flowproject")
-    env = make_dvc_project(root, params={"ingest": {"max_files": 40}}, stages=STAGES)
+    tiny = {"sources": [{"kind": "python-stdlib"}], "max_files": 40}  # not the system source: read whole
+    env = make_dvc_project(root, params={"ingest": tiny}, stages=STAGES)
     env = {key: value for key, value in env.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(
         PREFECT_HOME=str(root / ".prefect-home"),

@@ -107,9 +107,10 @@ class BlobReader:
 
     def __init__(self, location: str):
         command = ["git", "-C", location, "cat-file"]
-        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
-        self._check = subprocess.Popen([*command, "--batch-check"], **pipes)
-        self._batch = subprocess.Popen([*command, "--batch"], **pipes)
+        self._check = subprocess.Popen(
+            [*command, "--batch-check"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._batch = subprocess.Popen([*command, "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def size(self, blob: str) -> int:
         """Bytes of ``blob`` (0 for the null id)."""

@@ -349,7 +349,10 @@ def _dataset_batches(url: str, storage_options: dict[str, Any]) -> Iterator[list
 class Task(Protocol):
     """A unit of reading: its source, and what it writes into sorted runs."""
 
-    source_index: int
+    @property
+    def source_index(self) -> int:
+        """Which ``ingest.sources`` entry the task reads."""
+        ...
 
     def read(self, out: SortedRuns) -> TaskResult:
         """Read into ``out``; returns the counts and skips."""

@@ -159,10 +159,13 @@ class TokenCodec:
         self.tokenizer.encode_special_tokens = True
         self.special = SpecialIds.of(self.tokenizer)
         #: Per format ``lang``: its markers' ids (a tokenizer trained before the formats has none).
+        found = {
+            token: self.tokenizer.token_to_id(token) for tokens in FORMAT_TOKENS.values() for token in tokens
+        }
         self.format_ids = {
-            lang: {token: int(self.tokenizer.token_to_id(token)) for token in tokens}
+            lang: {token: token_id for token in tokens if (token_id := found[token]) is not None}
             for lang, tokens in FORMAT_TOKENS.items()
-            if all(self.tokenizer.token_to_id(token) is not None for token in tokens)
+            if all(found[token] is not None for token in tokens)
         }
         self._format_splitters = {
             lang: re.compile("(" + "|".join(re.escape(token) for token in tokens) + ")")

@@ -16,8 +16,23 @@ from pathlib import Path
 
 from components.errors import StageError
 
-#: Where ``make setup`` puts the packages (``npm ci --prefix infra/data-docs-assets``).
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "infra" / "data-docs-assets" / "node_modules"
+#: Where ``make setup`` puts the packages (``npm ci --prefix infra/data-docs-assets``), under a project root.
+ASSETS_PATH = Path("infra") / "data-docs-assets" / "node_modules"
+#: Overrides the search (a folder of the installed packages).
+ASSETS_ENV = "CODEMILL_DATA_DOCS_ASSETS"
+
+
+def assets_dir() -> Path:
+    """The installed packages: ``$CODEMILL_DATA_DOCS_ASSETS``, else the first project root holding them
+    among the code's own and the working directory's parents (a ``dvc exp run --temp`` workspace lies
+    inside the project, under ``.dvc/tmp``)."""
+    if os.environ.get(ASSETS_ENV):
+        return Path(os.environ[ASSETS_ENV])
+    roots = [Path(__file__).resolve().parents[2], *Path.cwd().resolve().parents, Path.cwd().resolve()]
+    found = next((root / ASSETS_PATH for root in roots if (root / ASSETS_PATH).is_dir()), None)
+    return found or roots[0] / ASSETS_PATH
+
+
 #: ``(CDN prefix, npm package folder, files)``: every address GX 1.x's templates link is a prefix plus a file,
 #: and the same file lies in the package folder.
 _CDN_FILES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -68,26 +83,27 @@ CDN_FOLDERS = ("@fortawesome/fontawesome-free/webfonts",)
 VENDOR_DIR = "static/vendor"
 
 
-def ship_assets(docs_dir: str | Path, assets_dir: Path = ASSETS_DIR) -> int:
+def ship_assets(docs_dir: str | Path, assets: Path | None = None) -> int:
     """Copy the assets into ``<docs_dir>/static/vendor`` and point every page's CDN links at them.
 
     Returns how many links were rewritten. A StageError names the folder when the assets are not installed.
     """
-    missing = [path for path in [*CDN_ASSETS.values(), *CDN_FOLDERS] if not (assets_dir / path).exists()]
+    assets = assets or assets_dir()
+    missing = [path for path in [*CDN_ASSETS.values(), *CDN_FOLDERS] if not (assets / path).exists()]
     if missing:
         raise StageError(
-            f"validate: Data Docs assets missing under {assets_dir} ({missing[0]} and {len(missing) - 1} "
-            "more): run `make setup` (npm ci --prefix infra/data-docs-assets)"
+            f"validate: Data Docs assets missing under {assets} ({missing[0]} and {len(missing) - 1} "
+            f"more): run `make setup` (npm ci --prefix infra/data-docs-assets) or set {ASSETS_ENV}"
         )
     docs_dir = Path(docs_dir)
     vendor = docs_dir / VENDOR_DIR
     for relative in [*CDN_ASSETS.values(), *CDN_FOLDERS]:
         target = vendor / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if (assets_dir / relative).is_dir():
-            shutil.copytree(assets_dir / relative, target, dirs_exist_ok=True)
+        if (assets / relative).is_dir():
+            shutil.copytree(assets / relative, target, dirs_exist_ok=True)
         else:
-            shutil.copy2(assets_dir / relative, target)
+            shutil.copy2(assets / relative, target)
     rewritten = 0
     for page in docs_dir.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
