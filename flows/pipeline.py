@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 
 from components import tracking
+from components.corpus_stats import STATS_DIR
 from components.dvc_project import DvcStage, experiment_command, locked_outs, read_dag, select, stage_command
 from components.params import Params, load_params
 from components.processes import CommandFailed, run_guarded, terminate_all, tool_env
@@ -266,6 +267,10 @@ def summary_markdown(root: Path, table: list[dict[str, Any]], parent_run_id: str
     lines += ["## Eval scores", "", f"```\n{scores}\n```" if scores else "No evaluation yet.", ""]
     languages = format_language_summary(reports, read_eval_report(root / "reports" / "eval.json"))
     lines += ["## Languages", "", f"```\n{languages}\n```" if languages else "No data stage yet.", ""]
+    plots = sorted((root / "reports" / STATS_DIR).glob("*.png"))
+    lines += ["## Corpus statistics", ""]
+    lines += [f"- `{p.relative_to(root)}` (MLflow: the {p.stem} run, `corpus_stats/`)" for p in plots]
+    lines += [""] if plots else ["None yet.", ""]
     aligned = format_alignment_summary(reports)
     lines += ["## Alignment", "", f"```\n{aligned}\n```" if aligned else "No alignment yet.", ""]
     registered = format_registry_summary(reports)

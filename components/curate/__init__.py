@@ -26,10 +26,11 @@ are in ``rules.py`` and ``components/params/curate.py``. The report counts drops
 included) and, in ``details.languages``, kept/dropped documents per language; the dropped documents,
 with their rule and its threshold, go to ``data/curate.excluded``.
 
-Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` that pass
-the filters go, with their signal columns, to ``data/curate.holdout`` instead (not counted as kept or
-dropped; metric ``held_out``): the evaluation's fixed held-out set, taken before dedup, so that every
-arm of a dedup ablation is measured on the same text.
+Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` (plus, for a
+language none of those has, its lowest-hashing repository) that pass the filters go, with their signal
+columns, to ``data/curate.holdout`` instead (not counted as kept or dropped; metric ``held_out``): the
+evaluation's fixed held-out set, taken before dedup, so that every arm of a dedup ablation is measured
+on the same text, and every language gets a held-out bits per byte.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class ShardTask:
     excluded_path: str
     holdout_path: str
     config: CurateConfig
+    #: Repositories whose documents go to the held-out set (:func:`held_out_repos`).
+    held_out: frozenset[str] = frozenset()
 
 
 def decoded_contents(table: pa.Table) -> list[str]:
@@ -111,7 +114,7 @@ def curate_shard(task: ShardTask) -> ShardResult:
         zip(contents, table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True)
     ):
         reason, signals = curator.judge(content, lang, size_bytes)
-        if reason is None and signals is not None and is_held_out(repos[index], task.config.holdout_fraction):
+        if reason is None and signals is not None and repos[index] in task.held_out:
             held_rows.append(index)
             held_signals.append(signals)
             result.counters["held_out"] += 1
@@ -142,14 +145,34 @@ def is_held_out(repo: str, fraction: float) -> bool:
     return unit_hash("holdout", repo) < fraction
 
 
+def held_out_repos(shards: list[str], fraction: float) -> frozenset[str]:
+    """The repositories whose name hashes below ``fraction``, plus, for each language none of those has,
+    its lowest-hashing repository when the language has at least two (so every language is evaluated and
+    still trained on). Reads only the shards' ``repo`` and ``lang`` columns."""
+    if fraction <= 0:
+        return frozenset()
+    repos_of: dict[str, set[str]] = {}
+    for shard in shards:
+        table = read_shard(shard, columns=["repo", "lang"])
+        for repo, lang in zip(table["repo"].to_pylist(), table["lang"].to_pylist(), strict=True):
+            repos_of.setdefault(lang or "", set()).add(repo)
+    held = {repo for repos in repos_of.values() for repo in repos if is_held_out(repo, fraction)}
+    for repos in repos_of.values():
+        if len(repos) >= 2 and not repos & held:
+            held.add(min(repos, key=lambda repo: (unit_hash("holdout", repo), repo)))
+    return frozenset(held)
+
+
 def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport:
     """Drop documents that fail the heuristic filters of params.curate; keep quality signals as columns."""
     report = StageReport(stage="curate")
     report.merge_drops(dict.fromkeys(DROP_REASONS, 0))
+    shards = list_shards(io.input("documents"))
+    held_out = held_out_repos(shards, config.holdout_fraction)
     with shard_outputs(io.require_output("curate"), holdout=True) as out:
         tasks = [
-            ShardTask(path, out.shard(path), out.exclusions(path), out.held_out(path), config)
-            for path in list_shards(io.input("documents"))
+            ShardTask(path, out.shard(path), out.exclusions(path), out.held_out(path), config, held_out)
+            for path in shards
         ]
         results = run_shards(curate_shard, tasks, context, report)
         report.details["languages"] = language_breakdown(out.output, out.excluded)

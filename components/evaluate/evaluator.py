@@ -104,15 +104,21 @@ def load_benchmarks(specs: Sequence[BenchmarkSpec], names: Sequence[str] | None 
 
 
 def read_held_out(path: str | None) -> HeldOut:
-    """The held-out documents of a shard directory (``data/curate.holdout``), in a fixed order (by a hash
-    of their id), or none when ``path`` is None or holds no shards."""
+    """The held-out documents of a shard directory (``data/curate.holdout``), in a fixed order (languages
+    in turn, each by a hash of the ids), or none when ``path`` is None or holds no shards."""
     if path is None or not Path(path).is_dir() or not any(Path(path).glob("*.parquet")):
         return HeldOut()
     rows = [
         row for table in iter_tables(path, columns=["id", "lang", "content"]) for row in table.to_pylist()
     ]
     rows.sort(key=lambda row: (unit_hash("eval-order", row["id"]), row["id"]))
-    return HeldOut(tuple((row["id"], row["lang"], row["content"]) for row in rows))
+    by_language: dict[str, list[dict]] = {}
+    for row in rows:
+        by_language.setdefault(row["lang"] or "", []).append(row)
+    # Languages take turns, so a token budget (evaluate.holdout_tokens) reaches every language.
+    turns = itertools.zip_longest(*(by_language[lang] for lang in sorted(by_language)))
+    ordered = [row for turn in turns for row in turn if row is not None]
+    return HeldOut(tuple((row["id"], row["lang"], row["content"]) for row in ordered))
 
 
 def load_model(model_dir: Path, tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
