@@ -427,26 +427,36 @@ def test_held_out_repositories_go_to_the_holdout_dataset_after_the_filters(tmp_p
 
 
 def test_every_language_with_two_repositories_gets_a_held_out_one(tmp_path: Path) -> None:
-    from components.curate import held_out_repos, is_held_out
+    from components.curate import HeldOut, held_out_documents, is_held_out
     from components.tokens.packing import unit_hash
 
     c_repos = [f"c{i}" for i in range(6) if not is_held_out(f"c{i}", 0.05)]
+    first_c = min(c_repos, key=lambda repo: (unit_hash("holdout", repo), repo))
     c_code = "".join(f"int scale_value_{i}(int value) {{ return value * {i}; }}\n" for i in range(12))
     shards = [
         [doc("greet.py", GOOD_PYTHON, repo="r24"), doc("greet.py", GOOD_PYTHON, repo="r25")],
         [doc("f.c", c_code, "c", repo=repo) for repo in c_repos]
-        + [doc("only.pl", "1;\n" * 12, "perl", repo="p0")],
+        + [doc("only.pl", "1;\n" * 12, "perl", repo="p0"), doc("tool.py", GOOD_PYTHON, repo=first_c)],
     ]
     input_dir = write_input(tmp_path / "in", shards)
-    held = held_out_repos([str(path) for path in sorted(input_dir.glob("*.parquet"))], 0.05)
-    first_c = min(c_repos, key=lambda repo: (unit_hash("holdout", repo), repo))
-    assert held == {"r24", first_c}  # python by the hash; c its lowest; perl has one repo: trained on
-    assert held_out_repos([str(path) for path in sorted(input_dir.glob("*.parquet"))], 0.0) == frozenset()
+    shard_paths = [str(path) for path in sorted(input_dir.glob("*.parquet"))]
+    held = held_out_documents(shard_paths, 0.05)
+    # python by the hash; c in its lowest-hashing repository; perl has one repository: trained on.
+    assert held == HeldOut(frozenset({"r24"}), frozenset({(first_c, "c")}))
+    assert held_out_documents(shard_paths, 0.0) == HeldOut()
     report = run_curate(input_dir, tmp_path / "out")
     holdout = [
         row
         for path in sorted((tmp_path / "out.holdout").glob("*.parquet"))
         for row in read_shard(str(path)).to_pylist()
     ]
-    assert {row["repo"] for row in holdout} == {"r24", first_c}
+    assert {(row["repo"], row["lang"]) for row in holdout} == {("r24", "python"), (first_c, "c")}
+    kept = [
+        row
+        for path in sorted((tmp_path / "out").glob("*.parquet"))
+        for row in read_shard(str(path)).to_pylist()
+    ]
+    assert (first_c, "tool.py") in {
+        (row["repo"], row["path"]) for row in kept
+    }  # its python stays in training
     assert report.metrics["held_out"] == 2.0

@@ -27,10 +27,10 @@ included) and, in ``details.languages``, kept/dropped documents per language; th
 with their rule and its threshold, go to ``data/curate.excluded``.
 
 Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` (plus, for a
-language none of those has, its lowest-hashing repository) that pass the filters go, with their signal
-columns, to ``data/curate.holdout`` instead (not counted as kept or dropped; metric ``held_out``): the
-evaluation's fixed held-out set, taken before dedup, so that every arm of a dedup ablation is measured
-on the same text, and every language gets a held-out bits per byte.
+language none of those has, its documents in its lowest-hashing repository) that pass the filters go,
+with their signal columns, to ``data/curate.holdout`` instead (not counted as kept or dropped; metric
+``held_out``): the evaluation's fixed held-out set, taken before dedup, so that every arm of a dedup
+ablation is measured on the same text, and every language gets a held-out bits per byte.
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ REQUIRED_COLUMNS = (*EXCLUDED_COLUMNS, "content")
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """What goes to the held-out set: whole repositories, and one language's documents of a repository."""
+
+    repos: frozenset[str] = frozenset()
+    #: ``(repo, lang)``: for a language none of ``repos`` has, its lowest-hashing repository's documents
+    #: of that language (not the repository's other languages, which may be most of it).
+    languages: frozenset[tuple[str, str]] = frozenset()
+
+    def holds(self, repo: str, lang: str | None) -> bool:
+        """Whether a document of ``repo`` in ``lang`` is held out."""
+        return repo in self.repos or (repo, lang or "") in self.languages
+
+
+@dataclass(frozen=True)
 class ShardTask:
     """One shard to curate: where to read, where to write the survivors and the dropped, the rules."""
 
@@ -72,8 +86,8 @@ class ShardTask:
     excluded_path: str
     holdout_path: str
     config: CurateConfig
-    #: Repositories whose documents go to the held-out set (:func:`held_out_repos`).
-    held_out: frozenset[str] = frozenset()
+    #: Documents that go to the held-out set (:func:`held_out_documents`).
+    held_out: HeldOut = HeldOut()
 
 
 def decoded_contents(table: pa.Table) -> list[str]:
@@ -114,7 +128,7 @@ def curate_shard(task: ShardTask) -> ShardResult:
         zip(contents, table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True)
     ):
         reason, signals = curator.judge(content, lang, size_bytes)
-        if reason is None and signals is not None and repos[index] in task.held_out:
+        if reason is None and signals is not None and task.held_out.holds(repos[index], lang):
             held_rows.append(index)
             held_signals.append(signals)
             result.counters["held_out"] += 1
@@ -145,22 +159,24 @@ def is_held_out(repo: str, fraction: float) -> bool:
     return unit_hash("holdout", repo) < fraction
 
 
-def held_out_repos(shards: list[str], fraction: float) -> frozenset[str]:
+def held_out_documents(shards: list[str], fraction: float) -> HeldOut:
     """The repositories whose name hashes below ``fraction``, plus, for each language none of those has,
-    its lowest-hashing repository when the language has at least two (so every language is evaluated and
-    still trained on). Reads only the shards' ``repo`` and ``lang`` columns."""
+    its documents in the lowest-hashing repository that has it, when at least two do (so every language is
+    evaluated and still trained on). Reads only the shards' ``repo`` and ``lang`` columns."""
     if fraction <= 0:
-        return frozenset()
+        return HeldOut()
     repos_of: dict[str, set[str]] = {}
     for shard in shards:
         table = read_shard(shard, columns=["repo", "lang"])
         for repo, lang in zip(table["repo"].to_pylist(), table["lang"].to_pylist(), strict=True):
             repos_of.setdefault(lang or "", set()).add(repo)
-    held = {repo for repos in repos_of.values() for repo in repos if is_held_out(repo, fraction)}
-    for repos in repos_of.values():
-        if len(repos) >= 2 and not repos & held:
-            held.add(min(repos, key=lambda repo: (unit_hash("holdout", repo), repo)))
-    return frozenset(held)
+    held = frozenset(repo for repos in repos_of.values() for repo in repos if is_held_out(repo, fraction))
+    extra = {
+        (min(repos, key=lambda repo: (unit_hash("holdout", repo), repo)), lang)
+        for lang, repos in repos_of.items()
+        if len(repos) >= 2 and not repos & held
+    }
+    return HeldOut(held, frozenset(extra))
 
 
 def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport:
@@ -168,7 +184,7 @@ def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport
     report = StageReport(stage="curate")
     report.merge_drops(dict.fromkeys(DROP_REASONS, 0))
     shards = list_shards(io.input("documents"))
-    held_out = held_out_repos(shards, config.holdout_fraction)
+    held_out = held_out_documents(shards, config.holdout_fraction)
     with shard_outputs(io.require_output("curate"), holdout=True) as out:
         tasks = [
             ShardTask(path, out.shard(path), out.exclusions(path), out.held_out(path), config, held_out)
