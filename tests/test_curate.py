@@ -431,11 +431,14 @@ def test_every_language_with_two_repositories_gets_a_held_out_one(tmp_path: Path
     from components.tokens.packing import unit_hash
 
     c_repos = [f"c{i}" for i in range(6) if not is_held_out(f"c{i}", 0.05)]
-    first_c = min(c_repos, key=lambda repo: (unit_hash("holdout", repo), repo))
+    first_c = min(
+        c_repos, key=lambda repo: (unit_hash("holdout", repo), repo)
+    )  # one c file each: the hash decides
     c_code = "".join(f"int scale_value_{i}(int value) {{ return value * {i}; }}\n" for i in range(12))
     shards = [
         [doc("greet.py", GOOD_PYTHON, repo="r24"), doc("greet.py", GOOD_PYTHON, repo="r25")],
         [doc("f.c", c_code, "c", repo=repo) for repo in c_repos]
+        + [doc(f"big{i}.c", c_code, "c", repo="cbig") for i in range(3)]  # more c: never the one held out
         + [doc("only.pl", "1;\n" * 12, "perl", repo="p0"), doc("tool.py", GOOD_PYTHON, repo=first_c)],
     ]
     input_dir = write_input(tmp_path / "in", shards)

@@ -27,7 +27,7 @@ included) and, in ``details.languages``, kept/dropped documents per language; th
 with their rule and its threshold, go to ``data/curate.excluded``.
 
 Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` (plus, for a
-language none of those has, its documents in its lowest-hashing repository) that pass the filters go,
+language none of those has, its documents in its smallest repository) that pass the filters go,
 with their signal columns, to ``data/curate.holdout`` instead (not counted as kept or dropped; metric
 ``held_out``): the evaluation's fixed held-out set, taken before dedup, so that every arm of a dedup
 ablation is measured on the same text, and every language gets a held-out bits per byte.
@@ -35,6 +35,7 @@ ablation is measured on the same text, and every language gets a held-out bits p
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -68,8 +69,8 @@ class HeldOut:
     """What goes to the held-out set: whole repositories, and one language's documents of a repository."""
 
     repos: frozenset[str] = frozenset()
-    #: ``(repo, lang)``: for a language none of ``repos`` has, its lowest-hashing repository's documents
-    #: of that language (not the repository's other languages, which may be most of it).
+    #: ``(repo, lang)``: for a language none of ``repos`` has, its documents in its smallest repository
+    #: (not the repository's other languages, which may be most of it).
     languages: frozenset[tuple[str, str]] = frozenset()
 
     def holds(self, repo: str, lang: str | None) -> bool:
@@ -161,20 +162,21 @@ def is_held_out(repo: str, fraction: float) -> bool:
 
 def held_out_documents(shards: list[str], fraction: float) -> HeldOut:
     """The repositories whose name hashes below ``fraction``, plus, for each language none of those has,
-    its documents in the lowest-hashing repository that has it, when at least two do (so every language is
-    evaluated and still trained on). Reads only the shards' ``repo`` and ``lang`` columns."""
+    its documents in the repository with the fewest of them (then the lowest hash), when at least two
+    repositories have it: every language is evaluated and most of it still trained on. Reads only the
+    shards' ``repo`` and ``lang`` columns."""
     if fraction <= 0:
         return HeldOut()
-    repos_of: dict[str, set[str]] = {}
+    documents: dict[str, Counter[str]] = {}  # lang -> documents per repository
     for shard in shards:
         table = read_shard(shard, columns=["repo", "lang"])
         for repo, lang in zip(table["repo"].to_pylist(), table["lang"].to_pylist(), strict=True):
-            repos_of.setdefault(lang or "", set()).add(repo)
-    held = frozenset(repo for repos in repos_of.values() for repo in repos if is_held_out(repo, fraction))
+            documents.setdefault(lang or "", Counter())[repo] += 1
+    held = frozenset(repo for counts in documents.values() for repo in counts if is_held_out(repo, fraction))
     extra = {
-        (min(repos, key=lambda repo: (unit_hash("holdout", repo), repo)), lang)
-        for lang, repos in repos_of.items()
-        if len(repos) >= 2 and not repos & held
+        (min(counts, key=lambda repo: (counts[repo], unit_hash("holdout", repo), repo)), lang)
+        for lang, counts in documents.items()
+        if len(counts) >= 2 and not set(counts) & held
     }
     return HeldOut(held, frozenset(extra))
 
