@@ -252,22 +252,20 @@ def gold_bpb(model: Any, tokenizer: Any, benchmark: Benchmark, size: int) -> Mea
 def held_out_bpb(
     model: Any, tokenizer: Any, held_out: HeldOut, config: EvaluateConfig, size: int
 ) -> list[Measure]:
-    """``val.bpb`` over the held-out documents, and ``val.<language>.bpb`` per language."""
-    documents = held_out.documents
-    if not documents:
+    """``val.<language>.bpb`` per language, each on an equal share of ``evaluate.holdout_tokens`` (one large
+    file cannot take the whole budget), and ``val.bpb`` over all the documents scored."""
+    languages = sorted({lang for _, lang, _ in held_out.documents})
+    if not languages:
         return []
-    scored_docs = document_nats(
-        model, tokenizer, [content for _, _, content in documents], size, config.holdout_tokens
-    )
-    chosen = documents[: len(scored_docs)]
-    measures = [
-        Measure.bits_per_byte(
-            "val.bpb", [d[0] for d in chosen], [n for n, _ in scored_docs], [b for _, b in scored_docs]
-        )
-    ]
-    for language in sorted({lang for _, lang, _ in chosen}):
-        rows = [(doc, nb) for doc, nb in zip(chosen, scored_docs, strict=True) if doc[1] == language]
-        measures.append(
+    share = max(1, config.holdout_tokens // len(languages))
+    scored: list[tuple[tuple[str, str, str], tuple[float, int]]] = []
+    per_language = []
+    for language in languages:
+        documents = [doc for doc in held_out.documents if doc[1] == language]
+        nats = document_nats(model, tokenizer, [content for _, _, content in documents], size, share)
+        rows = list(zip(documents, nats, strict=False))
+        scored += rows
+        per_language.append(
             Measure.bits_per_byte(
                 f"val.{language}.bpb",
                 [doc[0] for doc, _ in rows],
@@ -275,7 +273,10 @@ def held_out_bpb(
                 [b for _, (_, b) in rows],
             )
         )
-    return measures
+    overall = Measure.bits_per_byte(
+        "val.bpb", [doc[0] for doc, _ in scored], [n for _, (n, _) in scored], [b for _, (_, b) in scored]
+    )
+    return [overall, *per_language]
 
 
 def line_completion(
