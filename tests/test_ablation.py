@@ -137,6 +137,7 @@ def test_ablation_flow_over_two_mixture_weightings(tmp_path: Path) -> None:
         root,
         params={
             "ingest": {"sources": [{"kind": "local", "paths": ["corpus"]}], "languages": ["python", "c"]},
+            "curate": {"holdout_fraction": 0.0},  # all 12 files reach dedup
             "tokenize": {"vocab_size": 400, "val_fraction": 0.2},
             "executor": {"workers": 1},
         },

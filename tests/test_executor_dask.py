@@ -131,6 +131,7 @@ def stage_params(corpus: Path, address: str | None, work_dir: Path | None = None
     """A small local corpus in small shards; the local executor is one process."""
     return make_params(
         ingest={"sources": [{"kind": "local", "paths": [str(corpus)]}]},
+        curate={"holdout_fraction": 0.0},  # every copy reaches dedup (a small fork would be held out)
         data={"shard_bytes": 60_000},
         executor={"workers": 1, "address": address, "work_dir": str(work_dir) if work_dir else None},
     )
