@@ -191,7 +191,8 @@ def postgres_databases() -> set[str]:
 
 
 def test_every_yaml_and_json_file_parses() -> None:
-    files = sorted([*INFRA.rglob("*.yaml"), *INFRA.rglob("*.yml"), *INFRA.rglob("*.json")])
+    found = [*INFRA.rglob("*.yaml"), *INFRA.rglob("*.yml"), *INFRA.rglob("*.json")]
+    files = sorted(path for path in found if "node_modules" not in path.parts)  # npm's installed packages
     assert {path.relative_to(INFRA).as_posix() for path in files} >= {
         "compose.yaml",
         "k8s/prefect-server-values.yaml",
