@@ -73,6 +73,7 @@ def stage_params(corpus: str, work_dir: str | None) -> Params:
     """Small shards (several per stage), one process (the moto server shares the 2 cores)."""
     return make_params(
         ingest={"sources": [{"kind": "files", "paths": [corpus]}], "max_bytes": None},
+        curate={"holdout_fraction": 0.0},  # every copy reaches dedup
         data={"shard_bytes": 60_000},
         executor={"workers": 1, "work_dir": work_dir},
     )
@@ -205,8 +206,11 @@ def test_dvc_push_then_pull_into_a_clean_clone_restores_every_output(
     # The shard directories and exclusion datasets (DVC-cached, pushed to the remote) and the reports
     # (metrics, kept in git).
     # The sources fingerprint first, and curate's held-out repositories beside its outputs.
+    # And each stage's corpus statistics (reports/stats, DVC-cached). DVC lists a stage's outputs sorted.
     kinds = {stage: [("data", ""), ("data", ".excluded"), ("reports", ".json")] for stage in STAGES[:3]}
     kinds["curate"].insert(2, ("data", ".holdout"))
+    for stage in STAGES[:3]:
+        kinds[stage] += [("reports/stats", ".json"), ("reports/stats", ".png")]
     expected = [f"{kind}/{stage}{ext}" for stage in STAGES[:3] for kind, ext in kinds[stage]]
     assert outputs == ["data/sources.json", "reports/sources.json", *expected]
     before = {out: file_hashes(str(project / out)) for out in outputs}
