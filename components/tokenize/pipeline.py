@@ -262,7 +262,7 @@ class SplitSpool:
         stats = split_stats(
             lengths[order], prefixes[order], doc_bytes[order], chars[order], [repos[i] for i in order]
         )
-        stats["languages"] = language_stats(lengths, [langs[i] for i in range(len(ids))], order)
+        stats["languages"] = language_stats(lengths, langs, order)
         return stats
 
 
