@@ -427,7 +427,7 @@ def test_held_out_repositories_go_to_the_holdout_dataset_after_the_filters(tmp_p
 
 
 def test_every_language_with_two_repositories_gets_a_held_out_one(tmp_path: Path) -> None:
-    from components.curate import HeldOut, held_out_documents, is_held_out
+    from components.curate import held_out_repositories, is_held_out
     from components.tokens.packing import unit_hash
 
     c_repos = [f"c{i}" for i in range(6) if not is_held_out(f"c{i}", 0.05)]
@@ -435,25 +435,35 @@ def test_every_language_with_two_repositories_gets_a_held_out_one(tmp_path: Path
         c_repos, key=lambda repo: (unit_hash("holdout", repo), repo)
     )  # one c file each: the hash decides
     c_code = "".join(f"int scale_value_{i}(int value) {{ return value * {i}; }}\n" for i in range(12))
+    js_code = "".join(f"export function scale{i}(value) {{ return value * {i}; }}\n" for i in range(12))
+    minified = "var a=1;" * 200 + "\n"  # one 1,600-character line: fails max_line_length
     shards = [
         [doc("greet.py", GOOD_PYTHON, repo="r24"), doc("greet.py", GOOD_PYTHON, repo="r25")],
         [doc("f.c", c_code, "c", repo=repo) for repo in c_repos]
         + [doc(f"big{i}.c", c_code, "c", repo="cbig") for i in range(3)]  # more c: never the one held out
         + [doc("only.pl", "1;\n" * 12, "perl", repo="p0"), doc("tool.py", GOOD_PYTHON, repo=first_c)],
+        # The smallest javascript repository has only a minified file: the next smallest is held out.
+        [doc("bundle.min.js", minified, "javascript", repo="jsmin")]
+        + [doc(f"m{i}.js", js_code, "javascript", repo="js-two") for i in range(2)]
+        + [doc(f"m{i}.js", js_code, "javascript", repo="js-three") for i in range(3)],
     ]
     input_dir = write_input(tmp_path / "in", shards)
     shard_paths = [str(path) for path in sorted(input_dir.glob("*.parquet"))]
-    held = held_out_documents(shard_paths, 0.05)
-    # python by the hash; c in its lowest-hashing repository; perl has one repository: trained on.
-    assert held == HeldOut(frozenset({"r24"}), frozenset({(first_c, "c")}))
-    assert held_out_documents(shard_paths, 0.0) == HeldOut()
+    assert held_out_repositories(shard_paths, 0.05) == {"r24"}
+    assert held_out_repositories(shard_paths, 0.0) == frozenset()
     report = run_curate(input_dir, tmp_path / "out")
     holdout = [
         row
         for path in sorted((tmp_path / "out.holdout").glob("*.parquet"))
         for row in read_shard(str(path)).to_pylist()
     ]
-    assert {(row["repo"], row["lang"]) for row in holdout} == {("r24", "python"), (first_c, "c")}
+    # python by the hash; c in its lowest-hashing repository; javascript in its smallest repository of
+    # documents that pass the filters; perl has one repository: trained on.
+    assert {(row["repo"], row["lang"]) for row in holdout} == {
+        ("r24", "python"),
+        (first_c, "c"),
+        ("js-two", "javascript"),
+    }
     kept = [
         row
         for path in sorted((tmp_path / "out").glob("*.parquet"))
@@ -462,4 +472,7 @@ def test_every_language_with_two_repositories_gets_a_held_out_one(tmp_path: Path
     assert (first_c, "tool.py") in {
         (row["repo"], row["path"]) for row in kept
     }  # its python stays in training
-    assert report.metrics["held_out"] == 2.0
+    assert {row["repo"] for row in kept if row["lang"] == "javascript"} == {"js-three"}
+    assert "quality_score" in holdout[-1]
+    assert report.files_out == len(kept)
+    assert report.metrics["held_out"] == 4.0

@@ -26,8 +26,9 @@ are in ``rules.py`` and ``components/params/curate.py``. The report counts drops
 included) and, in ``details.languages``, kept/dropped documents per language; the dropped documents,
 with their rule and its threshold, go to ``data/curate.excluded``.
 
-Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` (plus, for a
-language none of those has, its documents in its smallest repository) that pass the filters go,
+Held out: documents of the repositories whose name hashes below ``curate.holdout_fraction`` that pass
+the filters go (and then, for a language with no held-out document, its kept documents in its smallest
+repository are moved there),
 with their signal columns, to ``data/curate.holdout`` instead (not counted as kept or dropped; metric
 ``held_out``): the evaluation's fixed held-out set, taken before dedup, so that every arm of a dedup
 ablation is measured on the same text, and every language gets a held-out bits per byte.
@@ -65,20 +66,6 @@ REQUIRED_COLUMNS = (*EXCLUDED_COLUMNS, "content")
 
 
 @dataclass(frozen=True)
-class HeldOut:
-    """What goes to the held-out set: whole repositories, and one language's documents of a repository."""
-
-    repos: frozenset[str] = frozenset()
-    #: ``(repo, lang)``: for a language none of ``repos`` has, its documents in its smallest repository
-    #: (not the repository's other languages, which may be most of it).
-    languages: frozenset[tuple[str, str]] = frozenset()
-
-    def holds(self, repo: str, lang: str | None) -> bool:
-        """Whether a document of ``repo`` in ``lang`` is held out."""
-        return repo in self.repos or (repo, lang or "") in self.languages
-
-
-@dataclass(frozen=True)
 class ShardTask:
     """One shard to curate: where to read, where to write the survivors and the dropped, the rules."""
 
@@ -87,8 +74,8 @@ class ShardTask:
     excluded_path: str
     holdout_path: str
     config: CurateConfig
-    #: Documents that go to the held-out set (:func:`held_out_documents`).
-    held_out: HeldOut = HeldOut()
+    #: Repositories whose documents go to the held-out set (:func:`held_out_repositories`).
+    held_out: frozenset[str] = frozenset()
 
 
 def decoded_contents(table: pa.Table) -> list[str]:
@@ -129,7 +116,7 @@ def curate_shard(task: ShardTask) -> ShardResult:
         zip(contents, table["lang"].to_pylist(), table["size_bytes"].to_pylist(), strict=True)
     ):
         reason, signals = curator.judge(content, lang, size_bytes)
-        if reason is None and signals is not None and task.held_out.holds(repos[index], lang):
+        if reason is None and signals is not None and repos[index] in task.held_out:
             held_rows.append(index)
             held_signals.append(signals)
             result.counters["held_out"] += 1
@@ -160,25 +147,52 @@ def is_held_out(repo: str, fraction: float) -> bool:
     return unit_hash("holdout", repo) < fraction
 
 
-def held_out_documents(shards: list[str], fraction: float) -> HeldOut:
-    """The repositories whose name hashes below ``fraction``, plus, for each language none of those has,
-    its documents in the repository with the fewest of them (then the lowest hash), when at least two
-    repositories have it: every language is evaluated and most of it still trained on. Reads only the
-    shards' ``repo`` and ``lang`` columns."""
+def held_out_repositories(shards: list[str], fraction: float) -> frozenset[str]:
+    """The input's repositories whose name hashes below ``fraction`` (reads only the ``repo`` column)."""
     if fraction <= 0:
-        return HeldOut()
-    documents: dict[str, Counter[str]] = {}  # lang -> documents per repository
-    for shard in shards:
+        return frozenset()
+    repos = {repo for shard in shards for repo in read_shard(shard, columns=["repo"])["repo"].to_pylist()}
+    return frozenset(repo for repo in repos if is_held_out(repo, fraction))
+
+
+def languages_to_hold_out(kept: list[str], holdout: list[str]) -> frozenset[tuple[str, str]]:
+    """``(repo, lang)`` for each language with no held-out document and kept documents in at least two
+    repositories: its repository with the fewest kept documents of it (then the lowest hash). Counted
+    after the filters, so the chosen documents are ones that pass them."""
+    held_languages = {
+        lang or "" for shard in holdout for lang in read_shard(shard, columns=["lang"])["lang"].to_pylist()
+    }
+    documents: dict[str, Counter[str]] = {}  # lang -> kept documents per repository
+    for shard in kept:
         table = read_shard(shard, columns=["repo", "lang"])
         for repo, lang in zip(table["repo"].to_pylist(), table["lang"].to_pylist(), strict=True):
             documents.setdefault(lang or "", Counter())[repo] += 1
-    held = frozenset(repo for counts in documents.values() for repo in counts if is_held_out(repo, fraction))
-    extra = {
+    return frozenset(
         (min(counts, key=lambda repo: (counts[repo], unit_hash("holdout", repo), repo)), lang)
         for lang, counts in documents.items()
-        if len(counts) >= 2 and not set(counts) & held
-    }
-    return HeldOut(held, frozenset(extra))
+        if len(counts) >= 2 and lang not in held_languages
+    )
+
+
+def move_to_holdout(tasks: list[ShardTask], chosen: frozenset[tuple[str, str]]) -> Counter[str]:
+    """Move the kept documents of the ``(repo, lang)`` pairs in ``chosen`` to their shards' held-out
+    files; counters ``documents``, ``bytes`` and ``quality_sum`` of what moved."""
+    moved: Counter[str] = Counter()
+    if not chosen:
+        return moved
+    for task in tasks:
+        kept = read_shard(task.output_path)
+        pairs = zip(kept["repo"].to_pylist(), kept["lang"].to_pylist(), strict=True)
+        mask = pa.array([(repo, lang or "") in chosen for repo, lang in pairs], pa.bool_())
+        rows = kept.filter(mask)
+        if not rows.num_rows:
+            continue
+        write_shard(kept.filter(pa.compute.invert(mask)), task.output_path)
+        write_shard(pa.concat_tables([read_shard(task.holdout_path), rows]), task.holdout_path)
+        moved["documents"] += rows.num_rows
+        moved["bytes"] += table_bytes(rows)
+        moved["quality_sum"] += pa.compute.sum(rows["quality_score"]).as_py()
+    return moved
 
 
 def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport:
@@ -186,15 +200,23 @@ def run(config: CurateConfig, context: StageContext, io: StageIO) -> StageReport
     report = StageReport(stage="curate")
     report.merge_drops(dict.fromkeys(DROP_REASONS, 0))
     shards = list_shards(io.input("documents"))
-    held_out = held_out_documents(shards, config.holdout_fraction)
+    held_out = held_out_repositories(shards, config.holdout_fraction)
     with shard_outputs(io.require_output("curate"), holdout=True) as out:
         tasks = [
             ShardTask(path, out.shard(path), out.exclusions(path), out.held_out(path), config, held_out)
             for path in shards
         ]
         results = run_shards(curate_shard, tasks, context, report)
+        moved: Counter[str] = Counter()
+        if config.holdout_fraction > 0:
+            chosen = languages_to_hold_out([t.output_path for t in tasks], [t.holdout_path for t in tasks])
+            moved = move_to_holdout(tasks, chosen)
+        report.files_out -= moved["documents"]
+        report.bytes_out -= moved["bytes"]
         report.details["languages"] = language_breakdown(out.output, out.excluded)
     counters = summed_counters(results)
+    counters["held_out"] += moved["documents"]
+    counters["quality_sum"] -= moved["quality_sum"]
     report.metrics["held_out"] = float(counters["held_out"])
     report.metrics["kept_fraction"] = report.files_out / report.files_in if report.files_in else 0.0
     report.metrics["kept_bytes_fraction"] = report.bytes_out / report.bytes_in if report.bytes_in else 0.0
