@@ -6,7 +6,7 @@ validation split the engine reports on) and ``data/problems`` (problems with tes
 
 Each of ``align.iterations``:
 1. sample ``align.samples`` responses per training problem from the current policy, plus the teacher's
-   (``align.teacher``; without one, the policy's own greedy answer stands in);
+   (``teacher``; without one, the policy's own greedy answer stands in);
 2. score each in the sandbox by PanGu-Coder2's feedback levels and rank them (``feedback.py``);
 3. train the DeepSpeed engine on them with RRHF's loss: the ranking hinge loss on length-normalised
    log-likelihoods plus cross-entropy on the best response, the prompt masked
@@ -262,8 +262,8 @@ def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
     policy = io.input("policy")
     model, tokenizer = load_model(Path(policy))
     teacher = (
-        load_teacher(cfg.teacher, iteration_dir(output, 0).parent / "teacher")
-        if cfg.teacher is not None
+        load_teacher(job.teacher, iteration_dir(output, 0).parent / "teacher")
+        if job.teacher is not None
         else None
     )
     probe_responses = respond((model, tokenizer), heldout, job, seed + 1, cfg.heldout_samples, teacher=None)

@@ -78,10 +78,15 @@ def chat_reply(code: str, language: str = "python") -> str:
     return f"```{language}\n{code.rstrip()}\n```"
 
 
+def user_turn(tokenizer: Any, message: str) -> str:
+    """``message`` as one user turn of the model's chat template, ready for the reply."""
+    messages = [{"role": "user", "content": message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def chat_prompt(tokenizer: Any, prompt: str, language: str = "python") -> str:
     """A benchmark prompt wrapped in the model's chat template as one user turn, ready for the reply."""
-    messages = [{"role": "user", "content": chat_request(prompt, language)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return user_turn(tokenizer, chat_request(prompt, language))
 
 
 def fim_prompt(prefix: str, suffix: str) -> str:

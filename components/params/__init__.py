@@ -32,6 +32,7 @@ from components.params.clean import CleanConfig, CleanJob
 from components.params.curate import CurateConfig
 from components.params.dedup import DedupConfig
 from components.params.evaluate import EvaluateConfig, EvaluateJob
+from components.params.evol import EvolConfig, EvolJob
 from components.params.ingest import IngestConfig
 from components.params.pretrain import PretrainConfig, PretrainJob
 from components.params.problems import ProblemsConfig, ProblemsJob
@@ -46,6 +47,7 @@ from components.params.shared import (
     StageContext,
     TrackingConfig,
 )
+from components.params.teacher import TeacherConfig
 from components.params.tokenize import TokenizeConfig
 from components.params.training import FimRates, ModelConfig, TrainConfig, TrainingJob
 from components.params.validate import ValidateConfig, ValidateJob
@@ -93,7 +95,10 @@ class Params(StrictModel):
     anneal: AnnealConfig = AnnealConfig()
     sft: SftConfig = SftConfig()
     problems: ProblemsConfig = ProblemsConfig()
+    evol: EvolConfig = EvolConfig()
     align: AlignConfig = AlignConfig()
+    #: A stronger model for evol and align (None: each falls back on the model it starts from).
+    teacher: TeacherConfig | None = None
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     attribution: AttributionConfig = AttributionConfig()
@@ -151,7 +156,12 @@ STAGE_CONFIGS: dict[str, Callable[[Params], BaseModel]] = {
         benchmarks=p.evaluate.benchmarks,
         sandbox=p.evaluate.sandbox(),
     ),
-    "align": lambda p: AlignJob(model=p.model, train=p.train, align=p.align, sandbox=p.evaluate.sandbox()),
+    "evol": lambda p: EvolJob(
+        evol=p.evol, teacher=p.teacher, decontam=p.clean.decontam, benchmarks=p.evaluate.benchmarks
+    ),
+    "align": lambda p: AlignJob(
+        model=p.model, train=p.train, align=p.align, teacher=p.teacher, sandbox=p.evaluate.sandbox()
+    ),
     "evaluate": lambda p: EvaluateJob(evaluate=p.evaluate),
     "register": lambda p: RegisterJob(register_=p.register_, model_name=p.model.name),
     "attribution": lambda p: AttributionJob(attribution=p.attribution, dedup=p.dedup),

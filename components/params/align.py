@@ -6,29 +6,8 @@ from pydantic import Field, model_validator
 
 from components.params.base import StrictModel
 from components.params.evaluate import SandboxLimits
+from components.params.teacher import TeacherConfig
 from components.params.training import TrainingJob
-
-
-class TeacherConfig(StrictModel):
-    """A stronger model whose greedy answers join the policy's samples (ranked first among equals):
-    a local model (``model``) or an OpenAI-compatible endpoint (``endpoint`` + ``name``)."""
-
-    #: An exported HF directory or a ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URI.
-    model: str | None = None
-    #: Base URL of an OpenAI-compatible API, ending in /v1 (``codemill serve``, vLLM, a hosted API).
-    endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
-    #: The model name the endpoint serves (its ``/v1/models`` id).
-    name: str | None = None
-    #: Environment variable holding the endpoint's API key (sent as ``Authorization: Bearer``).
-    api_key_env: str = "CODEMILL_TEACHER_API_KEY"
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TeacherConfig":
-        if (self.model is None) == (self.endpoint is None):
-            raise ValueError("set exactly one of align.teacher.model and align.teacher.endpoint")
-        if self.endpoint is not None and not self.name:
-            raise ValueError("align.teacher.name: the model name the endpoint serves is required")
-        return self
 
 
 class AlignConfig(StrictModel):
@@ -56,8 +35,6 @@ class AlignConfig(StrictModel):
     #: Responses sampled once (from the starting policy) per held-out problem, to measure ranking
     #: accuracy on; the policy's held-out pass rate is greedy.
     heldout_samples: int = Field(4, ge=2)
-    #: None: the policy's own greedy answer stands in for the teacher's (runs everywhere).
-    teacher: TeacherConfig | None = None
 
     @model_validator(mode="after")
     def _warmup_below_steps(self) -> "AlignConfig":
@@ -71,4 +48,6 @@ class AlignJob(TrainingJob):
 
     stage: Literal["align"] = "align"
     align: AlignConfig = AlignConfig()
+    #: The top-level ``teacher:``; None: the policy's own greedy answer stands in (runs everywhere).
+    teacher: TeacherConfig | None = None
     sandbox: SandboxLimits = SandboxLimits()

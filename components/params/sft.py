@@ -9,6 +9,9 @@ from components.params.clean import DecontamConfig
 from components.params.evaluate import BenchmarkSpec, default_benchmarks
 from components.params.training import TrainingJob
 
+#: Where an SFT stage's conversations come from.
+Source = Literal["mined", "problems", "evolved", "files"]
+
 
 class SftStageConfig(StrictModel):
     """One SFT stage: its data, how long it trains (``epochs`` or ``steps``) and its learning rate.
@@ -17,9 +20,10 @@ class SftStageConfig(StrictModel):
     """
 
     name: str
-    #: Where the stage's data comes from: ``mined`` docstring -> body pairs of the training split,
-    #: ``problems`` (the problems stage's tested training problems: prompt -> solution), or ``files``.
-    source: Literal["mined", "problems", "files"] = "mined"
+    #: Where the stage's data comes from, one source or a list: ``mined`` docstring -> body pairs of the
+    #: training split, ``problems`` (the problems stage's tested training problems: prompt -> solution),
+    #: ``evolved`` (the evol stage's Evol-Instruct pairs), or ``files``.
+    source: Source | list[Source] = "mined"
     #: With ``source: files``: JSON-lines files of ``{"instruction", "response"}`` or ``{"messages"}``
     #: (decontaminated against evaluate.benchmarks like all training data).
     data: list[str] = Field(default_factory=list)
@@ -29,10 +33,17 @@ class SftStageConfig(StrictModel):
     warmup: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
 
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The stage's sources, in order."""
+        return tuple(self.source) if isinstance(self.source, list) else (self.source,)
+
     @model_validator(mode="after")
     def _files_when_files(self) -> "SftStageConfig":
-        if (self.source == "files") != bool(self.data):
-            raise ValueError(f"sft stage {self.name!r}: list data files exactly when source is 'files'")
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sft stage {self.name!r}: source must name distinct sources, got {self.source}")
+        if ("files" in self.sources) != bool(self.data):
+            raise ValueError(f"sft stage {self.name!r}: list data files exactly when source includes 'files'")
         return self
 
     @model_validator(mode="after")
