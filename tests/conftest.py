@@ -57,7 +57,7 @@ def make_params(**sections: Any) -> Params:
     """Default params with some sections replaced, e.g. ``make_params(dedup={"level": "exact"})``."""
     raw = load_params(PROJECT_ROOT / "params.yaml").model_dump(by_alias=True, mode="json")
     for name, value in sections.items():
-        raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
+        raw[name] = {**(raw.get(name) or {}), **value} if isinstance(value, dict) else value
     return parse_params(raw, source="test params")
 
 
@@ -122,7 +122,7 @@ def make_dvc_project(
         (root / ASSETS_PATH).symlink_to(assets, target_is_directory=True)
     raw = yaml.safe_load((root / "params.yaml").read_text())
     for name, value in (params or {}).items():
-        raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
+        raw[name] = {**(raw.get(name) or {}), **value} if isinstance(value, dict) else value
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if stages is not None:
         if "ingest" in stages and "sources" not in stages:

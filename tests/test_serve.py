@@ -468,7 +468,8 @@ def test_an_align_teacher_behind_the_server_answers_like_the_same_model_in_proce
 ) -> None:
     from components.align.teacher import EndpointTeacher, LocalTeacher, load_teacher
     from components.benchmarks import Problem
-    from components.params.align import TeacherConfig
+    from components.evaluate.generate import Decoding
+    from components.params.teacher import TeacherConfig
 
     problems = [
         Problem("t", f"t/{i}", "python", f"def add_{i}(a, b):\n", "assert True\n", stop=("\ndef",))
@@ -482,6 +483,9 @@ def test_an_align_teacher_behind_the_server_answers_like_the_same_model_in_proce
     assert teacher.answer(problems, False, 8, 0) == in_process.answer(problems, False, 8, 0)
     chat = teacher.answer(problems, True, 6, 0)
     assert len(chat) == 3 and all(isinstance(text, str) for text in chat)
+    # Free-form chat (the evol stage's requests), greedy: the same replies through the API as in process.
+    requests = ["Write a function that adds two numbers.", "Reverse a list."]
+    assert teacher.reply(requests, Decoding(6), 0) == in_process.reply(requests, Decoding(6), 0)
     with pytest.raises(ValueError, match="exactly one"):
         TeacherConfig(model="models/sft", endpoint=f"{served}/v1", name=NAME)
     with pytest.raises(StageError, match="HTTP 404"):

@@ -66,7 +66,7 @@ def test_sft_through_the_engine_loss_falls(tmp_path: Path, monkeypatch: pytest.M
         sft={
             "stages": [
                 {"name": "mined", "steps": STAGE_STEPS, "lr": 3e-3},
-                {"name": "chat", "source": "files", "data": ["chat.jsonl"], "steps": STAGE_STEPS}
+                {"name": "chat", "source": ["files", "evolved"], "data": ["chat.jsonl"], "steps": STAGE_STEPS}
                 | {"lr": 3e-3, "warmup": 1},
             ],
             "mined": {"max_pairs": 16},
@@ -75,8 +75,11 @@ def test_sft_through_the_engine_loss_falls(tmp_path: Path, monkeypatch: pytest.M
     Path("job.json").write_text(json.dumps(job_payload(params.stage_config("sft"), params.context())))
     worker = [sys.executable, "-m", "components.train.worker", "--stage", "sft", "--job-json", "job.json"]
     Path("data/problems").mkdir()  # no stage reads problems here
+    Path("data/evol").mkdir()  # the evol stage's output: the chat stage's second source
+    evolved = [{"instruction": f"What is {k} * 2?", "response": f"{k} * 2 = {2 * k}"} for k in range(3)]
+    Path("data/evol/train.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in evolved))
     inputs = ["--input", "models/anneal", "--input", "data/tokenize", "--input", "data/clean"]
-    inputs += ["--input", "data/problems"]
+    inputs += ["--input", "data/problems", "--input", "data/evol"]
     command = [*worker, *inputs, "--output", "models/sft"]
     subprocess.run(command, check=True, env=rank_env(), cwd=tmp_path, timeout=600)
 
@@ -84,7 +87,8 @@ def test_sft_through_the_engine_loss_falls(tmp_path: Path, monkeypatch: pytest.M
     assert summary["steps"] == 2 * STAGE_STEPS
     stages = summary["sft"]["stages"]
     assert [stage["name"] for stage in stages] == ["mined", "chat"]
-    assert stages[1]["examples"] == len(answers) and 0 < stages[0]["examples"] <= 16
+    assert stages[1]["examples"] == len(answers) + len(evolved) and 0 < stages[0]["examples"] <= 16
+    assert stages[1]["conversations"] == {"files": len(answers), "evolved": len(evolved)}
     assert summary["sft"]["mined_pairs"] == stages[0]["examples"]
     losses = [entry["loss"] for entry in summary["curve"]]
     assert len(losses) == STAGE_STEPS  # logged every 2 of 16 steps

@@ -1,15 +1,17 @@
 """sft stage: instruction tuning of the annealed model (OpenCoder two-stage SFT) on the shared engine.
 
 Inputs (in this order): ``models/anneal`` (the exported model), ``data/tokenize`` (tokenizer, splits and
-the validation data the engine evaluates on), ``data/clean`` (where docstring pairs are mined) and
-``data/problems`` (tested problems: OpenCoder's second, practical-coding stage).
+the validation data the engine evaluates on), ``data/clean`` (where docstring pairs are mined),
+``data/problems`` (tested problems: OpenCoder's second, practical-coding stage) and ``data/evol``
+(Evol-Instruct pairs).
 Output: ``models/sft``, a Hugging Face checkpoint with ``training.json``; checkpoints in ``models/sft.ckpt``.
 
 - ``sft.stages`` run in order in one engine run: stage ``k`` trains its ``steps`` (or ``epochs`` over its
   examples) on its own data with its own LR (warmup, then cosine to ``min_lr_ratio * lr``).
-- A stage's data (``source``) is the pairs mined from the training split (``components/sft/mine.py``),
-  the problems stage's training problems (evaluation's chat request -> the whole solution in a code
-  block), or the user's JSON-lines files (decontaminated against ``evaluate.benchmarks``).
+- A stage's data (``source``, one or a list) is the pairs mined from the training split
+  (``components/sft/mine.py``), the problems stage's training problems (evaluation's chat request -> the
+  whole solution in a code block), the evol stage's Evol-Instruct pairs, or the user's JSON-lines files
+  (decontaminated against ``evaluate.benchmarks``).
   Conversations are rendered with the chat template; loss only on the
   assistant replies unless ``sft.loss_on_prompt`` (``components/sft/data.py``).
 - Batches are ``(input_ids, labels)`` (right-padded with ``<fim_pad>``, labels -100 on prompt and padding),
@@ -29,6 +31,7 @@ from components.benchmarks import Problem
 from components.clean.decontam import benchmark_index
 from components.errors import StageError
 from components.evaluate.generate import chat_reply, chat_request
+from components.evol import read_evolved
 from components.params import StageContext
 from components.params.sft import SftJob, SftStageConfig
 from components.problems import read_split
@@ -89,33 +92,46 @@ def stage_schedule(stage: SftStageConfig, steps: int) -> Cosine:
     )
 
 
+def source_conversations(
+    source: str, stage: SftStageConfig, job: SftJob, io: StageIO, details: dict[str, Any], cache: dict
+) -> list[list[Message]]:
+    """The conversations one source gives a stage (mined pairs are mined once, in ``cache``)."""
+    cfg = job.sft
+    if source == "files":
+        conversations = [messages for path in stage.data for messages in read_conversations(path)]
+        return decontaminated(conversations, job, details)
+    if source == "problems":
+        conversations = [problem_messages(problem) for problem in read_split(io.input("problems"), "train")]
+        if not conversations:
+            raise StageError(f"sft stage {stage.name!r}: {io.input('problems')} has no training problems")
+        return conversations
+    if source == "evolved":  # filtered and decontaminated by the evol stage
+        return [
+            pair_messages(pair["instruction"], pair["response"]) for pair in read_evolved(io.input("evolved"))
+        ]
+    if not cfg.mined.enabled:
+        raise StageError(f"sft stage {stage.name!r} mines pairs but sft.mined.enabled is false")
+    if "mined" not in cache:
+        pairs, drops = mine_pairs(
+            io.input("documents"), io.input("tokens"), cfg.mined, job.decontam, job.benchmarks
+        )
+        cache["mined"] = [pair_messages(pair.instruction, pair.response) for pair in pairs]
+        details["mined_pairs"], details["mined_drops"] = len(pairs), dict(sorted(drops.items()))
+    return cache["mined"]
+
+
 def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, list[Example]], dict[str, Any]]:
     """The tokenized examples of each stage (by name) and what was read, mined and dropped."""
     cfg = job.sft
     max_len = job.model.seq_len + 1
     details: dict[str, Any] = {"mined_pairs": 0, "mined_drops": {}, "stages": []}
-    mined = None
+    cache: dict[str, list[list[Message]]] = {}
     result: dict[str, list[Example]] = {}
     for stage in cfg.stages:
-        if stage.source == "files":
-            conversations = [messages for path in stage.data for messages in read_conversations(path)]
-            conversations = decontaminated(conversations, job, details)
-        elif stage.source == "problems":
-            conversations = [
-                problem_messages(problem) for problem in read_split(io.input("problems"), "train")
-            ]
-            if not conversations:
-                raise StageError(f"sft stage {stage.name!r}: {io.input('problems')} has no training problems")
-        else:
-            if not cfg.mined.enabled:
-                raise StageError(f"sft stage {stage.name!r} mines pairs but sft.mined.enabled is false")
-            if mined is None:
-                pairs, drops = mine_pairs(
-                    io.input("documents"), io.input("tokens"), cfg.mined, job.decontam, job.benchmarks
-                )
-                mined = [pair_messages(pair.instruction, pair.response) for pair in pairs]
-                details["mined_pairs"], details["mined_drops"] = len(pairs), dict(sorted(drops.items()))
-            conversations = mined
+        per_source = {
+            source: source_conversations(source, stage, job, io, details, cache) for source in stage.sources
+        }
+        conversations = [conversation for found in per_source.values() for conversation in found]
         encoded = [
             encode_conversation(c, tokenizer, cfg.chat_template, cfg.loss_on_prompt) for c in conversations
         ]
@@ -131,6 +147,7 @@ def sft_examples(job: SftJob, io: StageIO, tokenizer: Any) -> tuple[dict[str, li
             {
                 "name": stage.name,
                 "examples": len(kept),
+                "conversations": {source: len(found) for source, found in per_source.items()},
                 "dropped_no_response_in_context": len(encoded) - len(kept),
             }
         )
@@ -207,7 +224,9 @@ def train_plan(job: SftJob, context: StageContext, io: StageIO) -> TrainPlan:
 
 
 STAGE = Stage(
-    "sft", run_training, inputs=(model_input("anneal"), TOKENS, DOCUMENTS, Input("problems", "dir"))
+    "sft",
+    run_training,
+    inputs=(model_input("anneal"), TOKENS, DOCUMENTS, Input("problems", "dir"), Input("evolved", "dir")),
 )
 
 __all__ = ["STAGE", "StagedBatches", "StagedSchedule", "stage_steps", "train_plan"]
