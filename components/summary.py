@@ -195,6 +195,13 @@ def format_alignment_summary(reports: dict[str, dict[str, Any]]) -> str:
             f"problems: {train:.0f} train, {heldout:.0f} held out; "
             f"canonical solutions passing their own tests: {passing:.0%}"
         )
+    evolved = reports.get("evol", {}).get("metrics") or {}
+    if evolved:
+        teacher = (reports["evol"].get("details") or {}).get("teacher", "?")
+        lines.append(
+            f"evol-instruct: {evolved.get('seeds', 0):.0f} seeds, {evolved.get('evolved', 0):.0f} evolved, "
+            f"{evolved.get('kept', 0):.0f} kept after the filters (teacher: {teacher})"
+        )
     lines.append(f"{'alignment (held-out problems)':<30} {'before (sft)':>24} {'after (align)':>24}")
     for key, title, fmt in ALIGNMENT_ROWS:
         cells = []

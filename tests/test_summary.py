@@ -110,8 +110,11 @@ def test_alignment_summary_shows_the_held_out_figures_before_and_after_with_inte
         "before.ranking_accuracy": 0.4, "after.ranking_accuracy": 0.8,
     }  # fmt: skip
     problems = {"problems_train": 14, "problems_heldout": 9, "canonical_pass_rate": 0.85}
-    text = format_alignment_summary({"align": {"metrics": align}, "problems": {"metrics": problems}})
+    evolved = {"metrics": {"seeds": 8, "evolved": 13, "kept": 2}, "details": {"teacher": "http://t/v1"}}
+    reports = {"align": {"metrics": align}, "problems": {"metrics": problems}, "evol": evolved}
+    text = format_alignment_summary(reports)
     assert "14 train, 9 held out" in text and "85%" in text
+    assert "8 seeds, 13 evolved, 2 kept after the filters (teacher: http://t/v1)" in text
     assert "25.0% [0.0%, 50.0%]" in text and "50.0% [25.0%, 75.0%]" in text
     assert "40.0%" in text and "80.0%" in text
     assert format_alignment_summary({"sft": {"metrics": {}}}) == ""
