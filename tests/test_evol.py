@@ -116,7 +116,7 @@ def test_response_rules_name_what_they_catch() -> None:
     rules = EvolFilterConfig()
     good = "```python\ndef f():\n    return 1\n```"
     assert evol.response_failure(good, "python", rules) is None
-    assert evol.response_failure("```py\ntotal = 1 + 2 + 3\n```", "python", rules) is None  # an alias of python
+    assert evol.response_failure("```py\ntotal = 1 + 2 + 3\n```", "python", rules) is None  # py: python
     assert evol.response_failure("short", "python", rules) == "response_length"
     assert evol.response_failure("Sorry, as an AI I cannot do that.", "python", rules) == "refusal"
     assert evol.response_failure("Loop over the items, adding each.", "python", rules) == "no_code"
