@@ -123,3 +123,93 @@ def test_stage_mines_training_repos_checks_solutions_and_drops_overlaps(tmp_path
     assert sum(result.passed for result in results) >= 0.95 * len(kept)
     checked = report.metrics["problems_checked"]
     assert report.metrics["canonical_pass_rate"] * checked == len(kept)
+
+
+MATHUTIL = '''import math
+
+
+LIMIT = 10
+
+
+def clamp(x, low, high):
+    """Limit x to the range [low, high]."""
+    return max(low, min(x, high))
+
+
+def scale(x, factor):
+    """x times factor."""
+    result = x * factor
+    return result
+
+
+def wrong_double(x):
+    """Twice x (but the body is wrong)."""
+    return x * 3
+
+
+def bare(x):
+    return x
+
+
+def limited(x):
+    """x, at most LIMIT."""
+    return min(x, LIMIT)
+'''
+
+TEST_MATHUTIL = """import unittest
+
+from pkg.mathutil import bare, clamp, limited, scale, wrong_double
+from .helpers import expected
+
+
+def test_clamp():
+    assert clamp(5, 0, 3) == 3
+    value = clamp(-1, 0, 3)
+    assert value == 0
+    assert clamp(2, 0, 3) == expected  # reads a helper: not self-contained
+
+
+def test_others():
+    assert wrong_double(2) == 4
+    assert bare(1) == 1
+    assert limited(50) == 10
+    assert clamp(1, 0, 3) == scale(1, 1)  # two functions: whose test is it?
+
+
+class TestScale(unittest.TestCase):
+    def test_scale(self):
+        self.assertEqual(scale(2, 3), 6)
+        self.assertTrue(scale(1, 1) == 1)
+        self.assertEqual(self.factor, 1)  # reads self: not self-contained
+"""
+
+
+def test_functions_the_repository_tests_assert_on_become_problems(tmp_path: Path) -> None:
+    documents = [
+        make_document("org/lib", "src/pkg/mathutil.py", "python", MATHUTIL),
+        make_document("org/lib", "tests/test_mathutil.py", "python", TEST_MATHUTIL),
+    ]
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    write_shard(
+        pa.Table.from_pylist(documents, schema=pa.schema(BASE_SCHEMA)), str(clean / "part-00000.parquet")
+    )
+    _write_split(tmp_path / "tokenize", [document["id"] for document in documents], [])
+    params = make_params(problems={"mine_doctests": False, "heldout_fraction": 0.01})
+    output = str(tmp_path / "problems")
+    report = call_stage(problems.STAGE, params, [str(clean), str(tmp_path / "tokenize")], output)
+
+    kept = {problem.task_id: problem for problem in problems.read_split(output, "train")}
+    assert set(kept) == {"org/lib/src/pkg/mathutil.py::clamp", "org/lib/src/pkg/mathutil.py::scale"}
+    clamp, scale = kept["org/lib/src/pkg/mathutil.py::clamp"], kept["org/lib/src/pkg/mathutil.py::scale"]
+    assert clamp.prompt.startswith("import math\n") and clamp.prompt.rstrip().endswith(
+        '"""Limit x to the range [low, high]."""'
+    )
+    assert "value = clamp(-1, 0, 3)" in clamp.tests and "expected" not in clamp.tests
+    assert "self.factor" not in scale.tests and scale.tests.count("holds(check_") == 2
+    assert report.metrics["problems_from_repo_tests"] == 3  # clamp, scale and wrong_double
+    assert report.drops["canonical_failed"] == 1  # wrong_double's body fails its test: dropped
+    assert report.drops["tested_no_docstring"] == 1 and report.drops["tested_needs_module_names"] == 1
+    # A wrong body reads as failed tests, not as an error.
+    wrong = run_programs([clamp.program("    return x\n")])[0]
+    assert wrong.kind == "failed" and "of 2 tests passed" in wrong.error

@@ -12,6 +12,9 @@ class ProblemsConfig(StrictModel):
 
     #: Mine the training split's Python functions whose docstrings carry doctest examples.
     mine_doctests: bool = True
+    #: Mine the functions the training split's test files import and assert on (their self-contained
+    #: assertions become the tests).
+    mine_repo_tests: bool = True
     #: Doctest examples a mined function needs (each becomes one test).
     min_tests: int = Field(1, ge=1)
     #: The user's own problem files (HumanEval or MBPP format, detected from the fields), local or s3.

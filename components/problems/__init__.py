@@ -5,9 +5,11 @@ Inputs (in this order): ``data/clean`` (documents) and ``data/tokenize`` (the sp
 by ``codemill eval-samples --problems``; dropped problems with their reason in
 ``data/problems.excluded`` (``codemill inspect problems``).
 
-1. Mined (``problems.mine_doctests``): module-level functions of the training split's Python documents
-   whose docstrings show doctest examples (``components/problems/doctests.py``); repositories with
-   anything in the validation split are left out (``components/tokens/splits.py``).
+1. Mined from the training split's Python documents (repositories with anything in the validation split
+   are left out, ``components/tokens/splits.py``): module-level functions whose docstrings show doctest
+   examples (``problems.mine_doctests``, ``components/problems/doctests.py``), and functions the
+   repositories' own test files assert on (``problems.mine_repo_tests``,
+   ``components/problems/repo_tests.py``).
 2. The user's problem files (``problems.files``, HumanEval or MBPP format), ids prefixed by file name.
 3. A problem whose prompt was seen before is a duplicate; one whose prompt or solution overlaps a
    configured benchmark (``evaluate.benchmarks``, the clean stage's check) is dropped.
@@ -30,7 +32,8 @@ from components.errors import StageError
 from components.evaluate.sandbox import isolation_in_force, run_programs, warn_if_weak
 from components.params import StageContext
 from components.params.problems import ProblemsJob
-from components.problems.doctests import doctest_problems
+from components.problems.doctests import MinedProblem, doctest_problems
+from components.problems.repo_tests import repo_test_problems
 from components.report import StageReport
 from components.stage_runner import Exclusions, Input, Stage, StageIO, shard_outputs
 from components.tokens.packing import unit_hash
@@ -57,19 +60,33 @@ def read_split(directory: str, split: str) -> list[Problem]:
     return read_problems(path, "problems", BENCHMARK)
 
 
+def _source(document: dict) -> dict:
+    return {key: document[key] for key in ("id", "repo", "path", "license")}
+
+
 def mined_problems(job: ProblemsJob, io: StageIO, exclusions: Exclusions) -> list[tuple[Problem, dict]]:
-    """The doctest problems of the training split, each with its source document."""
-    found: list[tuple[Problem, dict]] = []
-    for document in training_documents(io.input("documents"), io.input("tokens"), "python"):
-        name = f"{document['repo']}/{document['path']}"
-        problems, skipped = doctest_problems(document["content"], name, job.problems.min_tests)
-        for reason, count in skipped.items():
-            for _ in range(count):
-                exclusions.drop(reason, document)
-        source = {key: document[key] for key in ("id", "repo", "path", "license")}
-        for mined in problems:
-            problem = parse_problem(mined.record(source), "humaneval", BENCHMARK, name)
-            found.append((problem, source))
+    """The doctest problems and the repository-test problems of the training split, each with the
+    document its function comes from."""
+    cfg = job.problems
+    documents = training_documents(io.input("documents"), io.input("tokens"), "python")
+    mined: list[tuple[MinedProblem, dict, str]] = []
+    if cfg.mine_doctests:
+        for document in documents:
+            name = f"{document['repo']}/{document['path']}"
+            problems, skipped = doctest_problems(document["content"], name, cfg.min_tests)
+            for reason, count in skipped.items():
+                for _ in range(count):
+                    exclusions.drop(reason, document)
+            mined += [(problem, document, "doctests") for problem in problems]
+    if cfg.mine_repo_tests:
+        problems_from_tests, skipped_functions = repo_test_problems(documents, cfg.min_tests)
+        for reason, document in skipped_functions:
+            exclusions.drop(reason, document)
+        mined += [(problem, document, "repo_tests") for problem, document in problems_from_tests]
+    found = []
+    for problem, document, kind in mined:
+        source = {**_source(document), "mined_from": kind}
+        found.append((parse_problem(problem.record(source), "humaneval", BENCHMARK, problem.task_id), source))
     return found
 
 
@@ -100,7 +117,7 @@ def run(job: ProblemsJob, context: StageContext, io: StageIO) -> StageReport:
     output = io.require_output("problems")
     report = StageReport(stage="problems")
     exclusions = Exclusions()
-    mined = mined_problems(job, io, exclusions) if cfg.mine_doctests else []
+    mined = mined_problems(job, io, exclusions) if cfg.mine_doctests or cfg.mine_repo_tests else []
     from_files = file_problems(cfg.files)
     index = benchmark_index(job.decontam, job.benchmarks)
     seen: set[str] = set()
@@ -154,6 +171,9 @@ def run(job: ProblemsJob, context: StageContext, io: StageIO) -> StageReport:
     report.merge_drops(exclusions.counts)
     report.metrics = {
         "problems_mined": float(len(mined)),
+        "problems_from_repo_tests": float(
+            sum(source.get("mined_from") == "repo_tests" for _, source in mined)
+        ),
         "problems_from_files": float(len(from_files)),
         "problems_checked": float(len(chosen)),
         "canonical_pass_rate": passed / len(chosen) if chosen else 0.0,

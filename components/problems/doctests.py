@@ -19,7 +19,8 @@ import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
-#: The HumanEval ``test`` field's preamble: ``check(candidate)`` counts the examples that hold.
+#: The HumanEval ``test`` field's preamble: ``check(candidate)`` counts the checks that hold: ``expect``
+#: (a doctest example's output) and ``holds`` (a test's assertion, ``components/problems/repo_tests.py``).
 CHECK_HEADER = r"""
 
 import contextlib as _contextlib
@@ -39,12 +40,17 @@ def check(candidate):
         total += 1
         passed += _doctest.OutputChecker().check_output(want, got, flags)
 
+    def holds(thunk):
+        nonlocal passed, total
+        total += 1
+        passed += bool(thunk())
+
 """
 CHECK_FOOTER = '    assert passed == total, f"{passed} of {total} tests passed"\n'
 
 
 @dataclass(frozen=True)
-class DoctestProblem:
+class MinedProblem:
     """One mined problem, in HumanEval's fields, and the document it came from."""
 
     task_id: str
@@ -111,7 +117,36 @@ def reads_any(node: ast.AST, names: set[str]) -> bool:
     return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
 
 
-def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[DoctestProblem], Counter]:
+def module_imports(tree: ast.Module, lines: list[str]) -> str:
+    """The source of a module's top-level import statements, in order."""
+    return "".join(
+        "".join(lines[node.lineno - 1 : node.end_lineno or node.lineno])
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    )
+
+
+def function_parts(
+    node: ast.FunctionDef, lines: list[str], imports: str, own_names: set[str]
+) -> tuple[str, str] | str:
+    """``(prompt, body)`` of a module-level function with a docstring that a prompt can stand for (the
+    module's imports, the signature and the docstring), or why it cannot: ``decorated``,
+    ``needs_module_names``, ``no_docstring``, ``no_body``."""
+    if ast.get_docstring(node) is None:
+        return "no_docstring"
+    if node.decorator_list:
+        return "decorated"
+    if any(reads_any(statement, own_names - {node.name}) for statement in node.body[1:]):
+        return "needs_module_names"
+    header_end = node.body[0].end_lineno or node.body[0].lineno
+    header = "".join(lines[node.lineno - 1 : header_end])
+    body = "".join(lines[header_end : node.end_lineno or header_end])
+    if len(node.body) < 2 or not body.strip():
+        return "no_body"
+    return (f"{imports}\n\n{header}" if imports else header), body
+
+
+def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[MinedProblem], Counter]:
     """The problems of one Python source (``name`` prefixes their task ids) and the functions with
     examples that were skipped, by reason; nothing when it does not parse."""
     skipped: Counter = Counter()
@@ -122,11 +157,7 @@ def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[D
     except (SyntaxError, ValueError):
         return [], skipped
     lines = source.splitlines(keepends=True)
-    imports = "".join(
-        "".join(lines[node.lineno - 1 : node.end_lineno or node.lineno])
-        for node in tree.body
-        if isinstance(node, ast.Import | ast.ImportFrom)
-    )
+    imports = module_imports(tree, lines)
     parser = doctest.DocTestParser()
     own_names = module_names(tree)
     problems = []
@@ -136,11 +167,10 @@ def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[D
         docstring = ast.get_docstring(node, clean=True)
         if not docstring or ">>>" not in docstring:
             continue
-        if node.decorator_list:
-            skipped["decorated"] += 1
-            continue
-        if any(reads_any(statement, own_names - {node.name}) for statement in node.body[1:]):
-            skipped["needs_module_names"] += 1
+        parts = function_parts(node, lines, imports, own_names)
+        if isinstance(parts, str):
+            if parts != "no_body":
+                skipped[parts] += 1
             continue
         try:
             examples = parser.get_examples(docstring)
@@ -151,11 +181,6 @@ def doctest_problems(source: str, name: str, min_tests: int = 1) -> tuple[list[D
         if checks < min_tests:
             skipped["too_few_tests"] += 1
             continue
-        header_end = node.body[0].end_lineno or node.body[0].lineno
-        header = "".join(lines[node.lineno - 1 : header_end])
-        prompt = f"{imports}\n\n{header}" if imports else header
-        body = "".join(lines[header_end : node.end_lineno or header_end])
-        if not body.strip():
-            continue
-        problems.append(DoctestProblem(f"{name}::{node.name}", prompt, body, test, node.name, checks))
+        prompt, body = parts
+        problems.append(MinedProblem(f"{name}::{node.name}", prompt, body, test, node.name, checks))
     return problems, skipped
