@@ -54,7 +54,7 @@ run: setup
 	$(BIN)/codemill run
 
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 lint: setup
 	$(BIN)/ruff check .

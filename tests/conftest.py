@@ -24,6 +24,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("CODEMILL_PARENT_RUN_ID", None)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Tests run on two xdist workers (`make test`): each gets its own Prefect home, or the workers'
+    # temporary Prefect servers would share one SQLite database.
+    import tempfile
+
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(
+        prefix=f"codemill-prefect-{os.environ['PYTEST_XDIST_WORKER']}-"
+    )
 
 
 @pytest.fixture(scope="session")
