@@ -179,6 +179,7 @@ def _excluded(instruction: Instruction, response: str = "") -> dict[str, Any]:
     content = f"{instruction.text}\n\n{response}".strip()
     return {
         "id": instruction.id,
+        "repo": "seed",
         "path": instruction.seed_id,
         "lang": instruction.language,
         "content": content,
