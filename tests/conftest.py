@@ -25,13 +25,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("CODEMILL_PARENT_RUN_ID", None)
 if "PYTEST_XDIST_WORKER" in os.environ:
-    # Tests run on two xdist workers (`make test`): each gets its own Prefect home, or the workers'
+    # Tests run on two xdist workers (`make test`). Each gets its own Prefect home, or the workers'
     # temporary Prefect servers would share one SQLite database.
     import tempfile
 
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(
         prefix=f"codemill-prefect-{os.environ['PYTEST_XDIST_WORKER']}-"
     )
+    # Two workers share two cores: one OpenMP thread per process, or one worker's spinning threads slow
+    # the other's training several times over (the DeepSpeed ranks honour it: train/engine.py).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -124,11 +124,11 @@ def read_seeds(job: EvolJob, io: StageIO) -> list[Instruction]:
     for path in job.evol.seed_files:
         stem = PurePosixPath(path).name.split(".")[0]
         for where, record in iter_jsonl(path):
-            text, language = record.get("instruction"), record.get("language", "python")
-            if not isinstance(text, str) or not text.strip() or not isinstance(language, str):
+            instruction, language = record.get("instruction"), record.get("language", "python")
+            if not isinstance(instruction, str) or not instruction.strip() or not isinstance(language, str):
                 raise StageError(f"{where}: expected a string 'instruction' (and optionally 'language')")
             seed_id = f"{stem}/{where.rsplit(':', 1)[-1]}"
-            seeds.append(Instruction(seed_id, text, language, seed_id))
+            seeds.append(Instruction(seed_id, instruction, language, seed_id))
     seeds.sort(key=lambda seed: (unit_hash("evol-seed", seed.text), seed.id))
     return seeds[: job.evol.max_seeds]
 

@@ -75,11 +75,18 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
-        ranks_here = int(os.environ.get("LOCAL_SIZE", "1"))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here))
+        torch.set_num_threads(cpu_threads_per_rank())
         device = torch.device("cpu")
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def cpu_threads_per_rank() -> int:
+    """The cores this process may use shared among the ranks on this machine, at most
+    ``$OMP_NUM_THREADS`` when it is set (OpenMP threads beyond the free cores spin and slow every rank)."""
+    threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_SIZE", "1")))
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(limit)) if limit.isdigit() and int(limit) > 0 else threads
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
