@@ -570,7 +570,7 @@ def test_command_line_exit_codes(tmp_path: Path, mlflow_uri: str) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_system_source_reads_other_languages_one_repo_per_directory(
+def test_system_source_reads_other_languages_one_repo_per_directory_and_bundled_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.ingest import sources
@@ -580,7 +580,15 @@ def test_system_source_reads_other_languages_one_repo_per_directory(
         {"stdio.h": "int puts(const char *s);\n", "linux/fs.h": "#define FS 1\n"},
     )
     perl = write_files(tmp_path / "usr" / "share" / "perl", {"5.36/strict.pm": "package strict;\n1;\n"})
-    node = write_files(tmp_path / "node", {"npm/lib/cli.js": "module.exports = 1;\n", "npm/README": "npm\n"})
+    node = write_files(
+        tmp_path / "node",
+        {
+            "npm/lib/cli.js": "module.exports = 1;\n",
+            "npm/README": "npm\n",
+            "npm/node_modules/chalk/source/index.js": "module.exports = 2;\n",
+            "npm/node_modules/@npmcli/git/lib/clone.js": "module.exports = 3;\n",
+        },
+    )
     monkeypatch.setattr(
         sources, "SYSTEM_CODE_ROOTS", (str(include), str(perl), str(node), str(tmp_path / "absent/*"))
     )
@@ -593,10 +601,13 @@ def test_system_source_reads_other_languages_one_repo_per_directory(
         (f"system/{label}-usr-include/linux", "fs.h", "c"),
         (f"system/{label}-usr-share-perl/5.36", "strict.pm", "perl"),
         (f"system/{label}-node/npm", "lib/cli.js", "javascript"),
+        # bundled dependencies are their own repos (each its own upstream project)
+        (f"system/{label}-node/npm/node_modules/chalk", "source/index.js", "javascript"),
+        (f"system/{label}-node/npm/node_modules/@npmcli/git", "lib/clone.js", "javascript"),
     }
     assert {lang: n["files"] for lang, n in report.details["languages"].items()} == {
         "c": 2,
-        "javascript": 1,
+        "javascript": 3,
         "perl": 1,
     }
     assert report.drops == {"unknown_language": 1}

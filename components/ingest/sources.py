@@ -226,9 +226,26 @@ def system_code_roots() -> list[str]:
     return sorted(found)
 
 
+def vendored_package(repo: str, path: str) -> tuple[str, str]:
+    """A file of a package bundled under ``node_modules/`` (npm ships its dependencies so) belongs to
+    that package's own repo, ``<repo>/node_modules/<package>`` (``@scope/package`` for scoped ones),
+    not to the project that bundled it: each is its own upstream project, and a repo-level split
+    (dedup, the held-out set) must not treat them as one."""
+    parts = path.split("/")
+    marker = max((i for i, part in enumerate(parts[:-1]) if part == "node_modules"), default=-1)
+    if marker < 0:
+        return repo, path
+    width = 2 if parts[marker + 1].startswith("@") else 1
+    if marker + 1 + width >= len(parts):  # a file directly under node_modules/ or node_modules/@scope/
+        return repo, path
+    package = "/".join(parts[: marker + 1 + width])
+    return f"{repo}/{package}", "/".join(parts[marker + 1 + width :])
+
+
 def system_files(source: SourceConfig) -> tuple[list[LocalFile], Exclusions]:
     """Code of other languages this machine has (:func:`system_code_roots`): one repo per top-level
-    directory of each root, named ``<prefix>/<root as usr-include>/<directory>``."""
+    directory of each root, named ``<prefix>/<root as usr-include>/<directory>``, and one per package
+    bundled in it (:func:`vendored_package`)."""
     files: list[LocalFile] = []
     excluded = Exclusions()
     for root in system_code_roots():
@@ -237,8 +254,8 @@ def system_files(source: SourceConfig) -> tuple[list[LocalFile], Exclusions]:
         excluded.merge(walked.excluded)
         for relative in walked.files:
             top, _, rest = relative.partition("/")
-            repo = f"{label}/{top}" if rest else label
-            files.append(LocalFile(repo, rest or relative, os.path.join(root, relative)))
+            repo, path = vendored_package(f"{label}/{top}", rest) if rest else (label, relative)
+            files.append(LocalFile(repo, path, os.path.join(root, relative)))
     return files, excluded
 
 
