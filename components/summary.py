@@ -175,6 +175,7 @@ def format_eval_summary(eval_report: dict[str, Any]) -> str:
 ALIGNMENT_ROWS = [
     ("heldout_pass_rate", "held-out pass rate (greedy)", "{:.1%}"),
     ("ranking_accuracy", "ranking accuracy", "{:.1%}"),
+    ("ranking_pairs", "response pairs ranked", "{:.0f}"),
     ("heldout_rank_loss", "held-out ranking loss", "{:.4f}"),
     ("heldout_sft_loss", "held-out SFT loss", "{:.3f}"),
 ]

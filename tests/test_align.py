@@ -4,10 +4,12 @@ against hand-computed values."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
 
+from components.align import probe_logprobs, ranked_groups
 from components.align.feedback import Response, feedback_level, hinge, ranked, ranking_pairs
 from components.align.responses import score
 from components.benchmarks import parse_problem
@@ -106,3 +108,31 @@ def test_ranking_loss_on_a_batch_matches_the_length_normalised_likelihoods() -> 
     assert parts["sft_loss"].item() == pytest.approx(-p[0], abs=1e-5) and loss.pop_parts() == {}
     total.backward()
     assert model.table.grad is not None and math.isfinite(float(model.table.grad.abs().sum()))
+
+
+class CharTokenizer:
+    """One token per character (its code point), ``~`` as the end token."""
+
+    eos_token, pad_token_id = "~", 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [ord(char) for char in text]}
+
+
+def test_held_out_ranking_compares_only_responses_within_the_context() -> None:
+    # A response cut off by the context has no likelihood: counted, it would tie at 0 with the others
+    # cut off and read as a disagreement (the tiny make run's ranking accuracy of 0% was that).
+    def record(prompt: str) -> dict:
+        responses = [{"text": "ab", "score": 3.0}, {"text": "ba", "score": 0.0}]
+        return {"task_id": prompt[:1], "prompt": prompt, "responses": responses}
+
+    tokenizer = CharTokenizer()
+    groups, dropped = ranked_groups([record("p" * 10), record("q" * 40)], tokenizer, False, max_len=20)
+    assert dropped == 1 and len(groups) == 1 and groups[0].scores == (3.0, 0.0)
+    table = torch.log_softmax(torch.randn(128, 128, generator=torch.Generator().manual_seed(0)), dim=-1)
+    [values] = probe_logprobs(FixedLogits(table), tokenizer.pad_token_id, groups, max_len=20)
+    by_hand = [
+        sum(table[a, b].item() for a, b in pairwise([ord("p"), *map(ord, reply)])) / 3
+        for reply in ("ab~", "ba~")
+    ]
+    assert values == pytest.approx(by_hand, abs=1e-5)

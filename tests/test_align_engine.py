@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from components import tokenize
-from components.align import group_records, probe_logprobs
+from components.align import group_records, probe_logprobs, ranked_groups
 from components.align.feedback import ranking_pairs
 from components.align.responses import score
 from components.benchmarks import parse_problem
@@ -28,6 +28,8 @@ from tests.test_sft_engine import rank_env
 from tests.test_train_deepspeed import write_clean_corpus
 
 pytestmark = pytest.mark.slow
+
+SEQ_LEN = 128
 
 
 def add_problem(k: int):
@@ -53,9 +55,12 @@ def ranked_records(ks: list[int], tokenizer) -> list[dict]:
 def ranking_accuracy(model_dir: str, records: list[dict]) -> float:
     """How often a model's likelihood order agrees with the test order on ``records``."""
     model, tokenizer = load_model(Path(model_dir))
+    groups, dropped = ranked_groups(records, tokenizer, False, SEQ_LEN + 1)
+    assert dropped == 0
     agreeing = pairs = 0
-    for record, values in zip(records, probe_logprobs(model, tokenizer, records, False), strict=True):
-        found, counted = ranking_pairs(values, [response["score"] for response in record["responses"]])
+    logprobs = probe_logprobs(model, tokenizer.pad_token_id, groups, SEQ_LEN + 1)
+    for group, values in zip(groups, logprobs, strict=True):
+        found, counted = ranking_pairs(values, group.scores)
         agreeing, pairs = agreeing + found, pairs + counted
     return agreeing / pairs
 
@@ -66,7 +71,7 @@ def test_align_lowers_the_ranking_loss_and_raises_ranking_accuracy_on_held_out_p
     monkeypatch.chdir(tmp_path)
     params = make_params(
         tokenize={"vocab_size": 400, "val_fraction": 0.2},
-        model={"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 1, "intermediate": 128, "seq_len": 128},
+        model={"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 1, "intermediate": 128, "seq_len": SEQ_LEN},
         train={"num_gpus": 1, "micro_batch": 4, "grad_accum": 1, "log_every": 5, "eval_every": 100},
         align={"steps": 60, "lr": 3e-3, "chat": False, "sft_weight": 0.2},
     )

@@ -173,20 +173,13 @@ def group_records(
 
 
 @torch.no_grad()
-def probe_logprobs(
-    model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], chat: bool
-) -> list[list[float]]:
-    """The length-normalised log-likelihood of every probe response under ``model``."""
+def probe_logprobs(model: Any, pad_id: int, groups: Sequence[RankedGroup], max_len: int) -> list[list[float]]:
+    """The length-normalised log-likelihood of every probe response under ``model``, best first."""
     model.eval()
-    pad_id = tokenizer.pad_token_id
-    max_len = int(model.config.max_position_embeddings)
     device = next(model.parameters()).device
     result = []
-    for record in records:
-        examples = [
-            encode_response(tokenizer, record["prompt"], r["text"], chat) for r in record["responses"]
-        ]
-        input_ids, labels = collate(examples, pad_id, max_len)
+    for group in groups:
+        input_ids, labels = collate(group.examples, pad_id, max_len)
         logprobs = response_logprobs(model, input_ids.to(device), labels.to(device))
         result.append([float(value) for value in logprobs.float().cpu()])
     return result
@@ -196,7 +189,7 @@ def heldout_metrics(
     model: Any,
     tokenizer: Any,
     heldout: Sequence[Problem],
-    probe: Sequence[dict[str, Any]],
+    probe: Sequence[RankedGroup],
     job: AlignJob,
     seed: int,
 ) -> tuple[dict[str, float], Measure | None]:
@@ -211,15 +204,15 @@ def heldout_metrics(
         measure = Measure.mean("heldout_pass_rate", [p.task_id for p in heldout], passed)
         metrics.update(scored(measure, RESAMPLES, CONFIDENCE, seed))
     if probe:
-        logprobs = probe_logprobs(model, tokenizer, probe, cfg.chat)
+        logprobs = probe_logprobs(model, tokenizer.pad_token_id, probe, job.model.seq_len + 1)
         agreeing = pairs = 0
         rank_loss = sft_loss = 0.0
-        for record, values in zip(probe, logprobs, strict=True):
-            scores = [r["score"] for r in record["responses"]]
-            found, counted = ranking_pairs(values, scores)
+        for group, values in zip(probe, logprobs, strict=True):
+            found, counted = ranking_pairs(values, group.scores)
             agreeing, pairs = agreeing + found, pairs + counted
-            rank_loss += hinge(values, scores)
+            rank_loss += hinge(values, group.scores)
             sft_loss -= values[0]
+        metrics["ranking_problems"] = float(len(probe))
         metrics["ranking_pairs"] = float(pairs)
         if pairs:
             metrics["ranking_accuracy"] = agreeing / pairs
@@ -267,7 +260,9 @@ def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
         else None
     )
     probe_responses = respond((model, tokenizer), heldout, job, seed + 1, cfg.heldout_samples, teacher=None)
-    probe = group_records(heldout, probe_responses, tokenizer, cfg.chat)
+    # Only responses with a token in context are compared: one cut off entirely would tie at 0.
+    probe_records = group_records(heldout, probe_responses, tokenizer, cfg.chat)
+    probe, _ = ranked_groups(probe_records, tokenizer, cfg.chat, job.model.seq_len + 1)
     before, before_measure = heldout_metrics(model, tokenizer, heldout, probe, job, seed)
     logger.log_metrics(0, before)
     history = [before]
