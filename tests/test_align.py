@@ -11,7 +11,7 @@ import torch
 
 from components.align import probe_logprobs, ranked_groups
 from components.align.feedback import Response, feedback_level, hinge, ranked, ranking_pairs
-from components.align.responses import score
+from components.align.responses import reference_response, score
 from components.benchmarks import parse_problem
 from components.params.evaluate import SandboxLimits
 from components.problems.doctests import doctest_problems
@@ -136,3 +136,13 @@ def test_held_out_ranking_compares_only_responses_within_the_context() -> None:
         for reply in ("ab~", "ba~")
     ]
     assert values == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_the_reference_response_passes_in_completion_and_chat_form() -> None:
+    mined = doctest_problems(SOURCE, "repo/halve.py")[0][0]
+    problem = parse_problem(mined.record({}), "humaneval", "problems", "halve")
+    for chat in (False, True):
+        reference = reference_response(problem, chat)
+        assert reference is not None and ("```python" in reference) == chat
+        [[response]] = score([problem], [[reference]], [["reference"]], chat, SandboxLimits())
+        assert response.kind == "passed"

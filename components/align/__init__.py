@@ -13,9 +13,10 @@ Each of ``align.iterations``:
    (``components/train/losses.RankingLoss``).
 
 Before the first iteration and after each, on the held-out problems: the policy's greedy pass rate
-(with a bootstrap interval), and on responses sampled once from the starting policy, ranking accuracy
-(how often the likelihood order agrees with the test order) and the ranking and SFT losses. They are
-logged to MLflow per iteration (step = iteration) and kept in the report (``before.*``, ``after.*``).
+(with a bootstrap interval), and on responses sampled once from the starting policy plus each problem's
+canonical solution, ranking accuracy (how often the likelihood order agrees with the test order) and
+the ranking and SFT losses (the SFT loss is that of the best response). They are logged to MLflow per
+iteration (step = iteration) and kept in the report (``before.*``, ``after.*``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from components.align.feedback import LEVEL_NAMES, Response, hinge, ranked, ranking_pairs
-from components.align.responses import encode_response, sample, score
+from components.align.responses import encode_response, reference_response, sample, score
 from components.align.teacher import LocalTeacher, Teacher, load_teacher
 from components.benchmarks import Problem, stable_subset
 from components.errors import StageError
@@ -141,9 +142,16 @@ Loaded = tuple[Any, Any]
 
 
 def respond(
-    policy: Loaded, problems: Sequence[Problem], job: AlignJob, seed: int, n: int, teacher: Teacher | None
+    policy: Loaded,
+    problems: Sequence[Problem],
+    job: AlignJob,
+    seed: int,
+    n: int,
+    teacher: Teacher | None,
+    reference: bool = False,
 ) -> list[list[Response]]:
-    """Each problem's scored responses: ``n`` sampled from the policy, then the teacher's greedy one."""
+    """Each problem's scored responses: ``n`` sampled from the policy, then the teacher's greedy one,
+    then (``reference``) the problem's canonical solution."""
     cfg = job.align
     decoding = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     texts = sample(*policy, problems, n, decoding, cfg.chat, seed)
@@ -152,6 +160,12 @@ def respond(
         greedy = teacher.answer(problems, cfg.chat, cfg.max_new_tokens, seed)
         texts = [[*mine, theirs] for mine, theirs in zip(texts, greedy, strict=True)]
         sources = [[*who, "teacher"] for who in sources]
+    if reference:
+        for problem, mine, who in zip(problems, texts, sources, strict=True):
+            solution = reference_response(problem, cfg.chat)
+            if solution is not None:
+                mine.append(solution)
+                who.append("reference")
     return score(problems, texts, sources, cfg.chat, job.sandbox)
 
 
@@ -259,7 +273,11 @@ def run(job: AlignJob, context: StageContext, io: StageIO) -> StageReport:
         if job.teacher is not None
         else None
     )
-    probe_responses = respond((model, tokenizer), heldout, job, seed + 1, cfg.heldout_samples, teacher=None)
+    # The canonical solution joins the policy's samples: a tiny policy's samples all fail alike, and
+    # the pair (passing solution, failing sample) is there at every scale.
+    probe_responses = respond(
+        (model, tokenizer), heldout, job, seed + 1, cfg.heldout_samples, teacher=None, reference=True
+    )
     # Only responses with a token in context are compared: one cut off entirely would tie at 0.
     probe_records = group_records(heldout, probe_responses, tokenizer, cfg.chat)
     probe, _ = ranked_groups(probe_records, tokenizer, cfg.chat, job.model.seq_len + 1)

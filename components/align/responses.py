@@ -16,7 +16,7 @@ import numpy as np
 from components.align.feedback import Response
 from components.benchmarks import Problem
 from components.evaluate.evaluator import model_prompt
-from components.evaluate.generate import Decoding, extract_code, generate
+from components.evaluate.generate import Decoding, chat_reply, extract_code, generate
 from components.evaluate.sandbox import run_programs
 from components.params.evaluate import SandboxLimits
 from components.tokens.tokenizer import IM_END
@@ -29,6 +29,14 @@ BATCH_SIZE = 32
 def completion(problem: Problem, text: str, chat: bool) -> str:
     """What goes into the problem's program for a response: a chat reply's code block, else the text."""
     return extract_code(text) if chat else text
+
+
+def reference_response(problem: Problem, chat: bool) -> str | None:
+    """The problem's canonical solution written as the policy answers (a chat reply's code block holds
+    the whole function, a completion is the body alone); None where the problem has none."""
+    if problem.gold is None:
+        return None
+    return chat_reply(problem.prompt + problem.gold, problem.language) if chat else problem.gold
 
 
 def sample(

@@ -67,10 +67,15 @@ class LanguageOverrides(Thresholds):
 def _recipe_languages() -> dict[str, LanguageOverrides]:
     """The per-language table of docs/data-recipe.md (mirrors params.yaml)."""
     data_files = {"min_lines": None, "min_chars": 50, "max_chars": 5000, "min_alpha_fraction": 0.5}
+    starcoder2_alpha = {"min_alpha_fraction": 0.25}
     return {
         "python": LanguageOverrides(
             python_syntax=True, max_pass_line_fraction=0.05, max_import_line_fraction=0.3
         ),
+        **{
+            lang: LanguageOverrides.model_validate(starcoder2_alpha)
+            for lang in ("c", "cpp", "javascript", "perl")
+        },
         "json": LanguageOverrides.model_validate(data_files),
         "yaml": LanguageOverrides.model_validate(data_files),
     }
